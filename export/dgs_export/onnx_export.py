@@ -1,0 +1,111 @@
+"""Torch detector -> ONNX graph -> `.dgs` model package, verified against torch through the SDK's own path."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from dgs_sdk.detector import Detector, sigmoid
+from dgs_sdk.package import Manifest, write_package
+from dgs_sdk.preprocess import PreprocessSpec, preprocess_batch
+
+__all__ = ["DEFAULT_OPSET", "ParityError", "export_onnx", "export_package", "torch_probabilities"]
+
+DEFAULT_OPSET = 18
+INPUT_NAME, OUTPUT_NAME = "image", "logit"
+
+
+class ParityError(RuntimeError):
+    """The exported graph does not reproduce the torch model's probabilities within tolerance."""
+
+
+def export_onnx(model: nn.Module, image_size: int, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
+                batch_size: int = 1) -> bytes:
+    """Export ``model`` (image batch ``[B, 3, S, S]`` -> logit ``[B]``) to checked ONNX bytes.
+
+    Args:
+        model: the inference network; put in eval mode here.
+        image_size: S.
+        opset: ONNX opset version.
+        dynamic_batch: a dynamic batch axis (the default); otherwise the graph is fixed to ``batch_size``.
+        batch_size: batch of the example input, and of the graph when ``dynamic_batch`` is false.
+    """
+    model = model.eval()
+    example = torch.randn(max(batch_size, 2) if dynamic_batch else batch_size, 3, image_size, image_size)
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (example,),
+            buffer,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None,
+            dynamo=False,
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    onnx.checker.check_model(proto, full_check=True)
+    return proto.SerializeToString()
+
+
+def torch_probabilities(model: nn.Module, batch: np.ndarray) -> np.ndarray:
+    """Probabilities of "fake" from the torch model for a preprocessed batch ``[B, 3, S, S]``."""
+    with torch.no_grad():
+        logits = model.eval()(torch.from_numpy(batch)).float().numpy()
+    return sigmoid(logits)
+
+
+def export_package(
+    model: nn.Module,
+    out: str | os.PathLike,
+    preprocess: PreprocessSpec,
+    parity_images: Sequence[np.ndarray],
+    *,
+    threshold: float = 0.5,
+    threshold_source: str = "default",
+    architecture: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+    tolerance: float = 1e-4,
+) -> Path:
+    """Export ``model`` to a `.dgs` package and verify it.
+
+    The package is loaded back with the SDK's `Detector` (ONNX Runtime, CPU) and run on ``parity_images``
+    (RGB uint8 arrays) preprocessed by the SDK; the largest probability difference to torch must be at most
+    ``tolerance``, else the package is removed and `ParityError` gives the figures.
+    """
+    if not parity_images:
+        raise ValueError("parity_images is empty: at least one real image is needed to verify the export")
+    onnx_bytes = export_onnx(model, preprocess.size, opset=opset, dynamic_batch=dynamic_batch,
+                             batch_size=1 if dynamic_batch else len(parity_images))
+    manifest = Manifest(
+        preprocess=preprocess,
+        threshold=threshold,
+        threshold_source=threshold_source,
+        architecture=dict(architecture or {}),
+        provenance=dict(provenance or {}),
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+    )
+    path = write_package(out, manifest, {manifest.model_file: onnx_bytes})
+    batch = preprocess_batch(parity_images, preprocess)
+    expected = torch_probabilities(model, batch)
+    detector = Detector(path, backend="onnxruntime", device="cpu")
+    actual = sigmoid(detector.backend.run(batch))
+    worst = float(np.max(np.abs(actual - expected)))
+    if worst > tolerance:
+        path.unlink()
+        raise ParityError(
+            f"{path}: ONNX Runtime differs from torch by up to {worst:.2e} in probability on "
+            f"{len(batch)} images (tolerance {tolerance:.0e}); the package was not kept"
+        )
+    return path

@@ -1,0 +1,83 @@
+"""ONNX Runtime backend: the CUDA execution provider when present, the CPU one otherwise."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import BackendUnavailable
+from ..package import ModelPackage
+from .base import Backend
+
+__all__ = ["OnnxRuntimeBackend", "parse_device"]
+
+
+def parse_device(device: str | None) -> tuple[str | None, int]:
+    """``None``/``"auto"`` -> (None, 0); ``"cpu"`` -> ("cpu", 0); ``"cuda"``/``"cuda:N"`` -> ("cuda", N)."""
+    if device is None or device == "auto":
+        return None, 0
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise ValueError(f"device {device!r} is not understood (expected 'cpu', 'cuda' or 'cuda:N')")
+    return kind, int(index or 0)
+
+
+def _import_ort():
+    try:
+        import onnxruntime
+    except ImportError as e:  # pragma: no cover - onnxruntime is a core dependency
+        raise BackendUnavailable(f"onnxruntime cannot be imported ({e}); pip install onnxruntime") from None
+    return onnxruntime
+
+
+class OnnxRuntimeBackend(Backend):
+    """Runs the package's ONNX member with ONNX Runtime."""
+
+    name = "onnxruntime"
+
+    @classmethod
+    def is_available(cls) -> bool:
+        try:
+            _import_ort()
+        except BackendUnavailable:
+            return False
+        return True
+
+    @staticmethod
+    def available_providers() -> list[str]:
+        return list(_import_ort().get_available_providers())
+
+    def __init__(self, package: ModelPackage, device: str | None = None) -> None:
+        ort = _import_ort()
+        kind, index = parse_device(device)
+        available = ort.get_available_providers()
+        has_cuda = "CUDAExecutionProvider" in available
+        if kind == "cuda" and not has_cuda:
+            raise BackendUnavailable(
+                f"device {device!r} asked for, but this onnxruntime has no CUDAExecutionProvider "
+                f"(providers: {', '.join(available)}); pip install onnxruntime-gpu"
+            )
+        providers: list = ["CPUExecutionProvider"]
+        if has_cuda and kind != "cpu":
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(package.model_bytes, sess_options=options, providers=providers)
+        self._input = package.manifest.input_name
+        self._output = package.manifest.output_name
+        inputs = [i.name for i in self._session.get_inputs()]
+        if self._input not in inputs:
+            raise BackendUnavailable(f"{package.path}: ONNX graph has no input {self._input!r} (inputs: {inputs})")
+        used = self._session.get_providers()
+        self._device = f"cuda:{index}" if used and used[0] == "CUDAExecutionProvider" else "cpu"
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def providers(self) -> list[str]:
+        return self._session.get_providers()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        (logits,) = self._session.run([self._output], {self._input: np.ascontiguousarray(batch, np.float32)})
+        return np.asarray(logits, np.float32).reshape(len(batch))

@@ -1,0 +1,102 @@
+"""The `dgs` command line: a thin layer that fills config dataclasses and calls library functions."""
+
+from __future__ import annotations
+
+import importlib
+import platform
+import sys
+from importlib import metadata
+
+import click
+
+from . import __version__
+from .backends import BACKENDS, available_backends
+from .errors import DgsError
+
+__all__ = ["main"]
+
+
+class SetupError(click.ClickException):
+    """A problem with what the command was given (model, output path, device): exit code 2, no traceback."""
+
+    exit_code = 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="dgs")
+def main() -> None:
+    """Detect AI-generated images: scan folders with a .dgs model package."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-m", "--model", required=True, help="Model package (.dgs) to score with.")
+@click.option("-o", "--out", help="Write rows here: .csv or .jsonl (default: CSV on standard output).")
+@click.option("--threshold", type=click.FloatRange(0, 1), help="Probability of 'fake' from which a file is labelled fake [default: the package's].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per inference call.")
+@click.option("--workers", type=click.IntRange(min=1), help="Decoding threads [default: one per CPU, at most 8].")
+@click.option("--recursive/--no-recursive", default=True, show_default=True, help="Descend into sub-folders.")
+@click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True)
+@click.option("--device", help="cpu, cuda or cuda:N [default: best available].")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on standard error [default: on a terminal].")
+def scan(paths, model, out, threshold, batch_size, workers, recursive, backend, device, progress) -> None:
+    """Score every image in PATHS (files, folders or glob patterns).
+
+    Every file gets a row (path, probability, label, error). Exit code 0 when all files were scored,
+    1 when some could not be (their rows say why), 2 for a usage problem.
+    """
+    from .detector import Detector
+    from .scan import ScanConfig, output_format, scan as run_scan
+
+    config = ScanConfig(
+        paths=paths, model=model, out=out, threshold=threshold, batch_size=batch_size, workers=workers,
+        recursive=recursive, backend=backend, device=device, progress=progress,
+    )
+    try:
+        if out:
+            output_format(out)
+        detector = Detector(model, backend=backend, device=device, batch_size=batch_size, threshold=threshold,
+                            workers=workers)
+    except (DgsError, ValueError) as e:
+        raise SetupError(str(e)) from None
+    try:
+        summary = run_scan(config, detector=detector)
+    except OSError as e:  # the output file could not be written
+        raise SetupError(f"{e.filename or out}: cannot write results ({e.strerror or e})") from None
+    click.echo(summary.line(), err=True)
+    if out:
+        click.echo(f"results written to {out}", err=True)
+    sys.exit(summary.exit_code)
+
+
+def _version_of(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+@main.command()
+def info() -> None:
+    """Versions, inference backends, execution providers and the native extension."""
+    click.echo(f"dgs {__version__}")
+    click.echo(f"python {platform.python_version()} ({platform.machine()}, {platform.system()})")
+    for dist in ("numpy", "opencv-python-headless", "onnxruntime", "onnxruntime-gpu", "click", "torch", "open_clip_torch",
+                 "onnx", "tensorrt"):
+        click.echo(f"  {dist}: {_version_of(dist)}")
+    usable = available_backends()
+    click.echo("backends: " + ", ".join(f"{name} ({'available' if name in usable else 'not available'})"
+                                         for name in BACKENDS))
+    if "onnxruntime" in usable:
+        from .backends.onnxruntime import OnnxRuntimeBackend
+
+        click.echo("onnxruntime execution providers: " + ", ".join(OnnxRuntimeBackend.available_providers()))
+    try:
+        importlib.import_module("dgs_sdk._native")
+        click.echo("native extension: built")
+    except ImportError:
+        click.echo("native extension: not built")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,203 @@
+"""`Detector`: a model package plus a backend, scoring images in batches with decoding run in parallel."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from .backends import Backend, create_backend
+from .errors import DgsError
+from .image import ImageInput, describe_source, load_image
+from .package import ModelPackage
+from .preprocess import crop_image, normalize
+
+__all__ = ["Prediction", "Detector", "sigmoid"]
+
+FAKE, REAL = "fake", "real"
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Probability from logit, stable for large magnitudes."""
+    return np.exp(-np.logaddexp(0.0, -np.asarray(logits, np.float64)))
+
+
+@dataclass
+class Prediction:
+    """The verdict on one image.
+
+    Attributes:
+        source: the file path, or ``<bytes #i>`` / ``<array #i>`` for in-memory inputs.
+        probability: probability that the image is generated ("fake"); ``None`` when ``error`` is set.
+        label: ``"fake"`` when ``probability >= threshold``, else ``"real"``; ``None`` on error.
+        error: why the image could not be scored (names the file and the problem), else ``None``.
+        logit: the model's raw output.
+        timings: milliseconds spent on this image per stage: ``decode``, ``preprocess`` and ``inference``
+            (its share of the batch).
+    """
+
+    source: str
+    probability: float | None = None
+    label: str | None = None
+    error: str | None = None
+    logit: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.source, "probability": self.probability, "label": self.label, "error": self.error}
+
+
+@dataclass
+class _Prepared:
+    source: str
+    crop: np.ndarray | None  # [S, S, 3] uint8
+    error: str | None
+    decode_ms: float
+    preprocess_ms: float
+
+
+def _is_single(images: Any) -> bool:
+    if isinstance(images, np.ndarray):
+        return images.ndim in (2, 3)
+    return isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview))
+
+
+class Detector:
+    """Scores images with a `.dgs` model package.
+
+    Args:
+        model: path of a `.dgs` package, or an already loaded `ModelPackage`.
+        backend: ``"auto"`` (best available) or a name from `dgs_sdk.backends.BACKENDS`.
+        device: ``None`` (best available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        batch_size: images per inference call.
+        threshold: probability of "fake" from which the label is "fake"; the package's threshold by default.
+        workers: threads that decode and preprocess while the model runs; ``None`` = one per CPU, at most 8.
+
+    Example:
+        >>> det = Detector("model.dgs")
+        >>> det.predict("photo.jpg").probability
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | ModelPackage,
+        backend: str = "auto",
+        device: str | None = None,
+        batch_size: int = 32,
+        threshold: float | None = None,
+        workers: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
+        self.package = model if isinstance(model, ModelPackage) else ModelPackage.load(model)
+        self.manifest = self.package.manifest
+        self.spec = self.manifest.preprocess
+        self.threshold = self.manifest.threshold if threshold is None else float(threshold)
+        self.batch_size = batch_size
+        self.workers = workers or min(8, os.cpu_count() or 1)
+        try:
+            self.backend: Backend = create_backend(backend, self.package, device)
+        except ValueError as e:
+            raise DgsError(str(e)) from None
+
+    def __repr__(self) -> str:
+        return (
+            f"Detector({os.fspath(self.package.path)!r}, backend={self.backend.describe()!r}, "
+            f"preprocess={self.spec.transform!r}, threshold={self.threshold})"
+        )
+
+    def predict(self, images: ImageInput | Iterable[ImageInput]) -> Prediction | list[Prediction]:
+        """Score one image (path, encoded bytes or RGB array) or many.
+
+        One input gives one `Prediction`, a sequence gives a list in the same order. Inputs that cannot be
+        decoded give predictions with ``error`` set; they never stop the others.
+        """
+        if _is_single(images):
+            return next(self.predict_iter([images]))
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)
+        return list(self.predict_iter(images))
+
+    def predict_iter(self, images: Iterable[ImageInput]) -> Iterator[Prediction]:
+        """Score a stream of images lazily, in input order.
+
+        Worker threads decode and preprocess ahead of the model (a bounded window of ``2 * batch_size``
+        images), so decoding overlaps inference and memory stays flat on long streams.
+        """
+        sources = enumerate(images)
+        window = max(2 * self.batch_size, self.workers)
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="dgs-decode") as pool:
+            pending: deque = deque()
+
+            def refill() -> None:
+                while len(pending) < window:
+                    item = next(sources, None)
+                    if item is None:
+                        return
+                    pending.append(pool.submit(self._prepare, item[1], item[0]))
+
+            refill()
+            batch: list[_Prepared] = []
+            while pending:
+                batch.append(pending.popleft().result())
+                refill()
+                if len(batch) == self.batch_size or not pending:
+                    yield from self._infer(batch)
+                    batch = []
+
+    def _prepare(self, source: ImageInput, index: int) -> _Prepared:
+        name = describe_source(source, index)
+        t0 = time.perf_counter()
+        try:
+            image = load_image(source, name=name)
+        except DgsError as e:
+            return _Prepared(name, None, str(e), (time.perf_counter() - t0) * 1e3, 0.0)
+        except Exception as e:  # a decoder bug must not cost the other images their results
+            return _Prepared(name, None, f"{name}: cannot be decoded ({type(e).__name__}: {e})", 0.0, 0.0)
+        t1 = time.perf_counter()
+        try:
+            crop = crop_image(image, self.spec)
+        except Exception as e:
+            return _Prepared(name, None, f"{name}: preprocessing failed ({type(e).__name__}: {e})", 0.0, 0.0)
+        return _Prepared(name, crop, None, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3)
+
+    def _infer(self, batch: list[_Prepared]) -> Iterator[Prediction]:
+        good = [p for p in batch if p.crop is not None]
+        logits = np.zeros(0, np.float32)
+        normalize_ms = inference_ms = 0.0
+        if good:
+            t0 = time.perf_counter()
+            x = normalize(np.stack([p.crop for p in good]), self.spec)  # [B, 3, S, S]
+            t1 = time.perf_counter()
+            logits = self.backend.run(x)
+            t2 = time.perf_counter()
+            normalize_ms, inference_ms = (t1 - t0) * 1e3 / len(good), (t2 - t1) * 1e3 / len(good)
+        probabilities = sigmoid(logits)
+        scored = iter(zip(logits.tolist(), probabilities.tolist()))
+        for p in batch:
+            if p.crop is None:
+                yield Prediction(p.source, error=p.error, timings={"decode": p.decode_ms})
+                continue
+            logit, probability = next(scored)
+            yield Prediction(
+                p.source,
+                probability=probability,
+                label=FAKE if probability >= self.threshold else REAL,
+                logit=logit,
+                timings={
+                    "decode": p.decode_ms,
+                    "preprocess": p.preprocess_ms + normalize_ms,
+                    "inference": inference_ms,
+                },
+            )

@@ -1,0 +1,217 @@
+"""The one definition of preprocessing, shared by training, calibration, evaluation and deployment.
+
+Detectors of generated images key on low-level artefacts, so every path that feeds a model (the trainer's
+data loaders, export calibration, `dgs eval`, `Detector`, the C++ core) runs these functions with the spec
+stored in the model package. Two transforms exist:
+
+- ``clip``: shortest side resized to ``size`` (bicubic), centre crop ``size`` x ``size``, CLIP mean/std.
+- ``patch-select`` (DGS-Net's input): the image is cut into ``patch_size`` patches; the lowest- and highest-
+  spectral-entropy patches are stitched into a ``grid`` x ``grid`` mosaic, ImageNet mean/std.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PreprocessSpec",
+    "resize_shortest_side",
+    "center_crop",
+    "spectral_entropy",
+    "select_patches",
+    "crop_image",
+    "normalize",
+    "preprocess",
+    "preprocess_batch",
+]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114])
+TRANSFORMS = ("clip", "patch-select")
+# Patches per FFT call: bounds memory on very large images (4096 patches of 32x32 complex128 = 64 MiB).
+_FFT_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How an image becomes a model input; stored in every model package manifest.
+
+    Attributes:
+        transform: ``"clip"`` or ``"patch-select"``.
+        size: side of the square model input in pixels.
+        mean: per-channel RGB mean, on the 0..1 scale.
+        std: per-channel RGB standard deviation, on the 0..1 scale.
+        patch_size: side of a patch (``patch-select`` only); ``size`` must be a multiple of it.
+        interpolation: resampling used when resizing; only ``"bicubic"`` is defined.
+    """
+
+    transform: str = "clip"
+    size: int = 224
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    patch_size: int = 32
+    interpolation: str = "bicubic"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"preprocess transform {self.transform!r} is unknown (expected one of {TRANSFORMS})")
+        if not isinstance(self.size, int) or self.size <= 0:
+            raise ValueError(f"preprocess size must be a positive integer, got {self.size!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"preprocess mean/std must be 3 values each, std > 0; got {self.mean} / {self.std}")
+        if self.interpolation != "bicubic":
+            raise ValueError(f"preprocess interpolation {self.interpolation!r} is unknown (expected 'bicubic')")
+        if self.transform == "patch-select" and (self.patch_size <= 0 or self.size % self.patch_size):
+            raise ValueError(f"patch-select size {self.size} is not a multiple of patch_size {self.patch_size}")
+
+    @classmethod
+    def clip(cls, size: int = 224) -> "PreprocessSpec":
+        """CLIP's own preprocessing at the given input size."""
+        return cls(transform="clip", size=size, mean=CLIP_MEAN, std=CLIP_STD)
+
+    @classmethod
+    def patch_select(cls, size: int = 224, patch_size: int = 32) -> "PreprocessSpec":
+        """DGS-Net's patch selection: a 7x7 mosaic of 32x32 patches at the defaults."""
+        return cls(transform="patch-select", size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD, patch_size=patch_size)
+
+    @property
+    def grid(self) -> int:
+        """Patches per side of the ``patch-select`` mosaic."""
+        return self.size // self.patch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.transform != "patch-select":
+            d.pop("patch_size")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PreprocessSpec":
+        """Build a spec from a manifest's ``preprocess`` entry; unknown keys are an error, not ignored."""
+        known = {"transform", "size", "mean", "std", "patch_size", "interpolation"}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"preprocess spec has unknown keys {sorted(unknown)} (known: {sorted(known)})")
+        if "transform" not in d:
+            raise ValueError("preprocess spec has no 'transform'")
+        return cls(**d)
+
+
+def resize_shortest_side(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize so the shorter side is ``size``, bicubic; the longer side is truncated as torchvision does."""
+    h, w = image.shape[:2]
+    if h <= w:
+        new_h, new_w = size, int(size * w / h)
+    else:
+        new_h, new_w = int(size * h / w), size
+    if (new_h, new_w) == (h, w):
+        return image
+    return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_CUBIC)
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """Crop the centre ``size`` x ``size``, with torchvision's rounding of the offsets."""
+    h, w = image.shape[:2]
+    if h < size or w < size:
+        raise ValueError(f"cannot centre-crop {size}x{size} from a {w}x{h} image")
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return image[top : top + size, left : left + size]
+
+
+def spectral_entropy(patches: np.ndarray) -> np.ndarray:
+    """Spectral entropy (bits) of each greyscale patch in ``[N, P, P]`` (values 0..1) in one FFT call.
+
+    The power spectrum |FFT2|^2 is normalised to sum 1 and its entropy is -sum p*log2(p), with 1e-12 guards.
+    The spectrum of a real patch is conjugate-symmetric, so the half spectrum of ``rfft2`` is used with each
+    column weighted by how many columns of the full spectrum it stands for (half the FFT and log work).
+    """
+    p = patches.shape[-1]
+    spectrum = np.fft.rfft2(patches)  # [N, P, P // 2 + 1]
+    power = spectrum.real**2
+    power += spectrum.imag**2
+    weights = np.full(spectrum.shape[-1], 2.0)
+    weights[0] = 1.0
+    if p % 2 == 0:
+        weights[-1] = 1.0  # the Nyquist column is its own mirror
+    total = np.einsum("nij,j->n", power, weights)
+    power /= (total + 1e-12)[:, None, None]  # now p, summing to 1 over the full spectrum
+    terms = np.log2(power + 1e-12)
+    terms *= power
+    return -np.einsum("nij,j->n", terms, weights)
+
+
+def _patch_grid(image: np.ndarray, patch: int) -> np.ndarray:
+    """Cut the top-left multiple-of-``patch`` region into patches in row-major order: ``[N, P, P, ...]``."""
+    gh, gw = image.shape[0] // patch, image.shape[1] // patch
+    region = image[: gh * patch, : gw * patch]
+    tail = region.shape[2:]
+    return region.reshape(gh, patch, gw, patch, *tail).swapaxes(1, 2).reshape(gh * gw, patch, patch, *tail)
+
+
+def select_patches(image: np.ndarray, spec: PreprocessSpec, rng: np.random.Generator | None = None) -> np.ndarray:
+    """DGS-Net's patch selection of an RGB uint8 image into a ``[size, size, 3]`` uint8 mosaic.
+
+    Height and width are cropped down to multiples of ``patch_size`` (top-left region kept). An image that
+    yields fewer than ``grid**2`` patches is first resized so its shorter side is ``size`` (bicubic), which
+    guarantees enough. The ``grid**2 // 2`` lowest-entropy and the remaining highest-entropy patches are kept;
+    ties are broken by position. Mosaic order is ascending entropy (row-major), or a permutation drawn from
+    ``rng`` when given (training-time shuffling).
+    """
+    p, grid = spec.patch_size, spec.grid
+    n_keep = grid * grid
+    if (image.shape[0] // p) * (image.shape[1] // p) < n_keep:
+        image = resize_shortest_side(image, spec.size)
+    region = image[: image.shape[0] // p * p, : image.shape[1] // p * p]
+    patches = _patch_grid(region, p)  # [N, P, P, 3] uint8
+    gray = _patch_grid(region.astype(np.float64) @ GRAY_WEIGHTS / 255.0, p)  # [N, P, P]
+    entropy = np.concatenate([spectral_entropy(gray[i : i + _FFT_CHUNK]) for i in range(0, len(gray), _FFT_CHUNK)])
+    order = np.argsort(entropy, kind="stable")
+    n_low = n_keep // 2
+    chosen = np.concatenate([order[:n_low], order[len(order) - (n_keep - n_low) :]])
+    if rng is not None:
+        chosen = rng.permutation(chosen)
+    mosaic = patches[chosen].reshape(grid, grid, p, p, 3).swapaxes(1, 2)
+    return mosaic.reshape(grid * p, grid * p, 3)
+
+
+def crop_image(image: np.ndarray, spec: PreprocessSpec, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Apply the geometric part of ``spec`` to an RGB uint8 image: ``[size, size, 3]`` uint8."""
+    if spec.transform == "clip":
+        return center_crop(resize_shortest_side(image, spec.size), spec.size)
+    return select_patches(image, spec, rng)
+
+
+def normalize(batch: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """``[B, S, S, 3]`` uint8 to model input ``[B, 3, S, S]`` float32: (x / 255 - mean) / std."""
+    scale = (1.0 / (255.0 * np.asarray(spec.std))).astype(np.float32)
+    offset = (-np.asarray(spec.mean) / np.asarray(spec.std)).astype(np.float32)
+    out = batch.astype(np.float32) * scale + offset  # [B, S, S, 3]
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def preprocess(image: np.ndarray, spec: PreprocessSpec, rng: np.random.Generator | None = None) -> np.ndarray:
+    """One RGB uint8 image to a model input ``[3, S, S]`` float32."""
+    return normalize(crop_image(image, spec, rng)[None], spec)[0]
+
+
+def preprocess_batch(
+    images: Sequence[np.ndarray], spec: PreprocessSpec, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """RGB uint8 images of any sizes to a model input batch ``[B, 3, S, S]`` float32."""
+    if len(images) == 0:
+        return np.zeros((0, 3, spec.size, spec.size), np.float32)
+    return normalize(np.stack([crop_image(im, spec, rng) for im in images]), spec)

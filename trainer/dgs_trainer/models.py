@@ -1,0 +1,76 @@
+"""open_clip backbones and the image detector built on them.
+
+Architectures are open_clip model names (``ViT-L-14``, ``ViT-B-16``...) plus the configs shipped in
+``model_configs/`` (``dgs-tiny-vit``: a few million parameters, for tests and the demo).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import open_clip
+import torch
+from torch import nn
+
+__all__ = ["MODEL_CONFIG_DIR", "ClipImageDetector", "build_image_detector", "create_clip", "list_archs"]
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+
+def _register_configs() -> None:
+    if not set(p.stem for p in MODEL_CONFIG_DIR.glob("*.json")) <= set(open_clip.list_models()):
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def list_archs() -> list[str]:
+    """Every architecture name `create_clip` accepts."""
+    _register_configs()
+    return open_clip.list_models()
+
+
+def create_clip(arch: str, pretrained: str | os.PathLike | None = "none", device: str = "cpu") -> nn.Module:
+    """Create an open_clip model.
+
+    Args:
+        arch: open_clip model name or a shipped config name.
+        pretrained: an open_clip pretrained tag (``openai``), a local checkpoint path, or ``none``/``None``
+            for random initialisation.
+        device: where to place the model.
+    """
+    _register_configs()
+    if arch not in open_clip.list_models():
+        raise ValueError(f"architecture {arch!r} is unknown (e.g. ViT-L-14, ViT-B-16, dgs-tiny-vit)")
+    if pretrained is None or str(pretrained).lower() == "none":
+        weights = None
+    elif os.path.exists(pretrained):
+        weights = os.fspath(pretrained)
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if pretrained not in tags:
+            raise ValueError(
+                f"pretrained {pretrained!r} is neither a local checkpoint nor a tag of {arch} "
+                f"(tags: {', '.join(tags) or 'none'})"
+            )
+        weights = str(pretrained)
+    return open_clip.create_model(arch, pretrained=weights, device=device)
+
+
+class ClipImageDetector(nn.Module):
+    """CLIP image encoder and a linear head: image batch ``[B, 3, S, S]`` -> logit of "fake" ``[B]``."""
+
+    def __init__(self, visual: nn.Module, embed_dim: int) -> None:
+        super().__init__()
+        self.visual = visual
+        self.head = nn.Linear(embed_dim, 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        features = self.visual(image)  # [B, D]
+        return self.head(features).squeeze(-1)
+
+
+def build_image_detector(arch: str, pretrained: str | os.PathLike | None = "none") -> ClipImageDetector:
+    """The inference network of every method: the CLIP image tower of ``arch`` and a fresh linear head."""
+    clip = create_clip(arch, pretrained)
+    embed_dim = clip.visual.output_dim
+    return ClipImageDetector(clip.visual, embed_dim)
