@@ -124,7 +124,8 @@ class Detector:
         decoded give predictions with ``error`` set; they never stop the others.
         """
         if _is_single(images):
-            return next(self.predict_iter([images]))
+            (only,) = self._stream(iter([(images, None)]))
+            return only
         if isinstance(images, np.ndarray) and images.ndim == 4:
             images = list(images)
         return list(self.predict_iter(images))
@@ -135,7 +136,9 @@ class Detector:
         Worker threads decode and preprocess ahead of the model (a bounded window of ``2 * batch_size``
         images), so decoding overlaps inference and memory stays flat on long streams.
         """
-        sources = enumerate(images)
+        return self._stream((source, index) for index, source in enumerate(images))
+
+    def _stream(self, sources: Iterator[tuple[ImageInput, int | None]]) -> Iterator[Prediction]:
         window = max(2 * self.batch_size, self.workers)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="dgs-decode") as pool:
             pending: deque = deque()
@@ -145,7 +148,7 @@ class Detector:
                     item = next(sources, None)
                     if item is None:
                         return
-                    pending.append(pool.submit(self._prepare, item[1], item[0]))
+                    pending.append(pool.submit(self._prepare, *item))
 
             refill()
             batch: list[_Prepared] = []
@@ -156,7 +159,7 @@ class Detector:
                     yield from self._infer(batch)
                     batch = []
 
-    def _prepare(self, source: ImageInput, index: int) -> _Prepared:
+    def _prepare(self, source: ImageInput, index: int | None) -> _Prepared:
         name = describe_source(source, index)
         t0 = time.perf_counter()
         try:

@@ -1,0 +1,97 @@
+"""Shared fixtures: real photographs, a tiny random-weight CLIP detector and the model packages exported from it."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from dgs_sdk import PreprocessSpec
+
+PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
+
+
+def pytest_collection_modifyitems(config, items):
+    has_trt = importlib.util.find_spec("tensorrt") is not None
+    has_gpu = False
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU (none visible to torch)"))
+        if "trt" in item.keywords and not has_trt:
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT (pip install 'dgs[trt]')"))
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, np.ndarray]:
+    """Real RGB photographs shipped with scikit-image, by name."""
+    return {name: getattr(skimage.data, name)() for name in PHOTO_NAMES}
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The `dgs-tiny-vit` image detector with seeded random weights (no download)."""
+    import torch
+
+    from dgs_trainer import build_image_detector
+
+    torch.manual_seed(0)
+    model = build_image_detector("dgs-tiny-vit", pretrained="none")
+    # A random head gives probabilities near 0.5 for every image; widen it so labels differ between images.
+    with torch.no_grad():
+        model.head.weight.mul_(20.0)
+    return model.eval()
+
+
+def _export(tiny_model, photos, tmp_path_factory, spec: PreprocessSpec) -> Path:
+    from dgs_export import export_package
+
+    out = tmp_path_factory.mktemp("models") / f"tiny-{spec.transform}.dgs"
+    return export_package(
+        tiny_model,
+        out,
+        spec,
+        list(photos.values()),
+        architecture={"arch": "dgs-tiny-vit", "head": "linear"},
+        provenance={"method": "random-init", "note": "test fixture"},
+    )
+
+
+@pytest.fixture(scope="session")
+def clip_package(tiny_model, photos, tmp_path_factory) -> Path:
+    """A `.dgs` package of the tiny model with the `clip` transform."""
+    return _export(tiny_model, photos, tmp_path_factory, PreprocessSpec.clip())
+
+
+@pytest.fixture(scope="session")
+def patch_package(tiny_model, photos, tmp_path_factory) -> Path:
+    """A `.dgs` package of the tiny model with the `patch-select` transform."""
+    return _export(tiny_model, photos, tmp_path_factory, PreprocessSpec.patch_select())
+
+
+def write_image(path: Path, rgb: np.ndarray, params: list[int] | None = None) -> Path:
+    """Encode an RGB array to ``path`` (format from the extension); unicode paths work."""
+    ok, encoded = cv2.imencode(path.suffix, np.ascontiguousarray(rgb[:, :, ::-1]), params or [])
+    assert ok, path
+    path.write_bytes(encoded.tobytes())
+    return path
+
+
+@pytest.fixture
+def photo_folder(tmp_path, photos) -> Path:
+    """A folder with spaces and unicode in its name holding the photos as JPEG, PNG and WebP files."""
+    folder = tmp_path / "my photos ñ 写真"
+    (folder / "nested" / "deeper").mkdir(parents=True)
+    names = list(photos)
+    write_image(folder / f"{names[0]}.jpg", photos[names[0]])
+    write_image(folder / f"{names[1]}.PNG", photos[names[1]])
+    write_image(folder / "nested" / f"{names[2]}.webp", photos[names[2]])
+    write_image(folder / "nested" / "deeper" / f"{names[3]}.jpeg", photos[names[3]])
+    return folder

@@ -1,0 +1,96 @@
+"""The `.dgs` model package: round trip, verification and the errors a damaged package gives."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from dgs_sdk import Manifest, ModelPackage, ModelPackageError, PreprocessSpec, write_package
+from dgs_sdk.package import FORMAT_VERSION, MANIFEST_NAME, sha256_hex
+
+
+def make_package(path: Path, model: bytes = b"onnx bytes", **manifest_fields) -> Path:
+    manifest = Manifest(preprocess=PreprocessSpec.patch_select(), **manifest_fields)
+    return write_package(path, manifest, {manifest.model_file: model, "labels.txt": b"real\nfake\n"})
+
+
+def rewrite(path: Path, edit_manifest=None, members: dict[str, bytes] | None = None, drop: str | None = None):
+    """Rewrite a package in place, changing its manifest or members without updating checksums."""
+    with zipfile.ZipFile(path) as zf:
+        contents = {name: zf.read(name) for name in zf.namelist()}
+    if edit_manifest:
+        manifest = json.loads(contents[MANIFEST_NAME])
+        edit_manifest(manifest)
+        contents[MANIFEST_NAME] = json.dumps(manifest).encode()
+    contents.update(members or {})
+    contents.pop(drop, None)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in contents.items():
+            zf.writestr(name, data)
+
+
+def test_round_trip_keeps_every_field_and_checksums(tmp_path):
+    path = make_package(
+        tmp_path / "sub dir" / "modèle.dgs",
+        threshold=0.37,
+        threshold_source="calibrated",
+        architecture={"arch": "ViT-L-14", "method": "dgs"},
+        provenance={"epochs": 1, "data": "AIGIBench"},
+    )
+    package = ModelPackage.load(path)
+    m = package.manifest
+    assert package.model_bytes == b"onnx bytes"
+    assert package.members["labels.txt"] == b"real\nfake\n"
+    assert m.preprocess == PreprocessSpec.patch_select()
+    assert (m.threshold, m.threshold_source) == (0.37, "calibrated")
+    assert m.architecture == {"arch": "ViT-L-14", "method": "dgs"}
+    assert m.provenance == {"epochs": 1, "data": "AIGIBench"}
+    assert m.files["model.onnx"] == {"sha256": sha256_hex(b"onnx bytes"), "size": 10}
+    assert package.model_sha256 == sha256_hex(b"onnx bytes")
+    raw = json.loads(zipfile.ZipFile(path).read(MANIFEST_NAME))
+    assert raw["format"] == "dgs-model" and raw["format_version"] == FORMAT_VERSION
+    assert raw["model"]["output_meaning"] == "logit of 'fake'"
+    assert raw["preprocess"]["transform"] == "patch-select" and raw["created"]
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: rewrite(p, members={"model.onnx": b"tampered"}), "fails its checksum"),
+        (lambda p: rewrite(p, drop="labels.txt"), "'labels.txt' listed in the manifest is missing"),
+        (lambda p: rewrite(p, drop=MANIFEST_NAME), "no manifest.json inside"),
+        (lambda p: rewrite(p, members={MANIFEST_NAME: b"{not json"}), "not valid JSON"),
+        (lambda p: rewrite(p, lambda m: m.update(format_version=FORMAT_VERSION + 1)), "newer than this SDK"),
+        (lambda p: rewrite(p, lambda m: m.update(format="something-else")), "not a dgs model manifest"),
+        (lambda p: rewrite(p, lambda m: m.update(threshold=1.5)), "not a probability"),
+        (lambda p: rewrite(p, lambda m: m["preprocess"].update(transform="warp")), "transform 'warp' is unknown"),
+        (lambda p: rewrite(p, lambda m: m.pop("preprocess")), "'preprocess' is missing"),
+        (lambda p: rewrite(p, lambda m: m["files"].pop("model.onnx")), "no checksum for model file"),
+        (lambda p: p.write_bytes(b"PK\x03\x04 but not really a zip"), "not a zip file"),
+        (lambda p: p.write_text("<html>hello</html>"), "not a zip file"),
+    ],
+)
+def test_damaged_packages_give_clear_errors(tmp_path, damage, message):
+    path = make_package(tmp_path / "model.dgs")
+    damage(path)
+    with pytest.raises(ModelPackageError, match=message) as info:
+        ModelPackage.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_path_and_directory(tmp_path):
+    with pytest.raises(ModelPackageError, match="model package not found"):
+        ModelPackage.load(tmp_path / "absent.dgs")
+    with pytest.raises(ModelPackageError, match="is a directory"):
+        ModelPackage.load(tmp_path)
+
+
+def test_write_refuses_a_package_without_its_model(tmp_path):
+    manifest = Manifest(preprocess=PreprocessSpec.clip())
+    with pytest.raises(ModelPackageError, match="not among the members"):
+        write_package(tmp_path / "m.dgs", manifest, {"other.onnx": b"x"})
+    assert list(tmp_path.iterdir()) == []
