@@ -1,0 +1,48 @@
+"""Helpers shared by the benchmark scripts: machine description, timing and test photographs."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from datetime import date
+
+import cv2
+import numpy as np
+import skimage.data
+
+PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def header(title: str) -> str:
+    command = " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    return f"## {title}\n\n- machine: {machine()}\n- date: {date.today().isoformat()}\n- command: `python {command}`\n"
+
+
+def photos(size: int | None = None) -> list[np.ndarray]:
+    """scikit-image's sample photographs as RGB uint8, optionally resized to ``size`` x ``size`` (bicubic)."""
+    images = [getattr(skimage.data, name)() for name in PHOTO_NAMES]
+    if size:
+        images = [cv2.resize(im, (size, size), interpolation=cv2.INTER_CUBIC) for im in images]
+    return images
+
+
+def best_of(repeats: int, fn) -> float:
+    """Best wall time in seconds of ``repeats`` calls (the least disturbed run)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
