@@ -81,7 +81,11 @@ LOSSLESS = [
     (".tiff", "TIFF", {"compression": "tiff_lzw"}),
     (".webp", "WEBP", {"lossless": True}),
 ]
-LOSSY = [(".jpg", "JPEG", {"quality": 90}), (".jpeg", "JPEG", {"quality": 90, "subsampling": 0}), (".webp", "WEBP", {"quality": 90})]
+LOSSY = [
+    (".jpg", "JPEG", {"quality": 90}),
+    (".jpeg", "JPEG", {"quality": 90, "subsampling": 0}),
+    (".webp", "WEBP", {"quality": 90}),
+]
 
 
 @pytest.mark.parametrize(("ext", "fmt", "params"), LOSSLESS, ids=[f"{f}{p}" for _, f, p in LOSSLESS])
@@ -287,7 +291,10 @@ UNREADABLE = {
     "zero-byte file": (_write("empty.jpg", lambda cat: b""), "empty"),
     "missing file": (lambda tmp_path, cat: tmp_path / "never written.jpg", "no such file"),
     "directory": (lambda tmp_path, cat: (tmp_path / "folder.jpg").mkdir() or tmp_path / "folder.jpg", "directory"),
-    "HTML named .jpg": (_write("page.jpg", lambda cat: b"<!DOCTYPE html>\n<html><body>404</body></html>\n"), "not an image"),
+    "HTML named .jpg": (
+        _write("page.jpg", lambda cat: b"<!DOCTYPE html>\n<html><body>404</body></html>\n"),
+        "not an image",
+    ),
     "text named .png": (_write("notes.png", lambda cat: "plain text, ünïcödé\n".encode() * 20), "not an image"),
     "JPEG cut in half": (_write("half.jpg", lambda cat: _half(cv2_bytes(cat, ".jpg"))), "truncated"),
     "progressive JPEG cut in half": (
