@@ -61,6 +61,8 @@ class OnnxRuntimeBackend(Backend):
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning threads would take the cores from the threads that decode the next batch meanwhile.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(package.model_bytes, sess_options=options, providers=providers)
         self._input = package.manifest.input_name
         self._output = package.manifest.output_name
