@@ -148,8 +148,12 @@ def decode_bytes(data: bytes | bytearray | memoryview, name: str = "<bytes>", ma
         w, h = size
         shape = f"{w}x{h} is" if h > 1 else f"{w:,} pixels is"
         raise ImageTooLarge(f"{name}: image too large ({shape} over {max_pixels:,} pixels; a decompression bomb?)")
+    # JPEG is 8-bit without alpha: libjpeg-turbo writes RGB directly (grey and CMYK converted). Other formats
+    # come unchanged (16-bit, alpha, grey) and `to_rgb8` brings them to 8-bit RGB.
+    jpeg = fmt == "JPEG"
+    flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION if jpeg else cv2.IMREAD_UNCHANGED
     try:
-        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as e:
         if "MAX_IMAGE_PIXELS" in str(e) or "validateInputImageSize" in str(e):
             raise ImageTooLarge(f"{name}: image too large (a decompression bomb?)") from None
@@ -158,7 +162,7 @@ def decode_bytes(data: bytes | bytearray | memoryview, name: str = "<bytes>", ma
         if fmt is None:
             raise UnreadableImage(f"{name}: not an image ({_starts_with(data)})")
         raise UnreadableImage(f"{name}: corrupt or truncated {fmt} file")
-    return to_rgb8(decoded, name=name, max_pixels=max_pixels, bgr=True)
+    return to_rgb8(decoded, name=name, max_pixels=max_pixels, bgr=not jpeg)
 
 
 def to_rgb8(image: np.ndarray, name: str = "<array>", max_pixels: int = MAX_PIXELS, bgr: bool = False) -> np.ndarray:

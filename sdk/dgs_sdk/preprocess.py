@@ -209,10 +209,12 @@ def crop_image(image: np.ndarray, spec: PreprocessSpec, rng: np.random.Generator
 
 def normalize(batch: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """``[B, S, S, 3]`` uint8 to model input ``[B, 3, S, S]`` float32: (x / 255 - mean) / std."""
-    scale = (1.0 / (255.0 * np.asarray(spec.std))).astype(np.float32)
-    offset = (-np.asarray(spec.mean) / np.asarray(spec.std)).astype(np.float32)
-    out = batch.astype(np.float32) * scale + offset  # [B, S, S, 3]
-    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+    scale = (1.0 / (255.0 * np.asarray(spec.std))).astype(np.float32)[:, None, None]
+    offset = (-np.asarray(spec.mean) / np.asarray(spec.std)).astype(np.float32)[:, None, None]
+    out = np.ascontiguousarray(batch.transpose(0, 3, 1, 2)).astype(np.float32)  # move bytes, not floats
+    out *= scale
+    out += offset
+    return out
 
 
 def preprocess(image: np.ndarray, spec: PreprocessSpec, rng: np.random.Generator | None = None) -> np.ndarray:
