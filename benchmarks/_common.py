@@ -22,12 +22,16 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    system = f"{platform.system()} {platform.release()}"
+    return f"{cpu}, {os.cpu_count()} cores, {system}, Python {platform.python_version()}"
 
 
 def header(title: str) -> str:
     command = " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    return f"## {title}\n\n- machine: {machine()}\n- date: {date.today().isoformat()}\n- command: `python {command}`\n"
+    return (
+        f"## {title}\n\n- machine: {machine()}\n- date: {date.today().isoformat()}\n"
+        f"- command: `python {command}`\n"
+    )
 
 
 def photos(size: int | None = None) -> list[np.ndarray]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -95,3 +97,14 @@ def photo_folder(tmp_path, photos) -> Path:
     write_image(folder / "nested" / f"{names[2]}.webp", photos[names[2]])
     write_image(folder / "nested" / "deeper" / f"{names[3]}.jpeg", photos[names[3]])
     return folder
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def bomb_png(width: int, height: int, rows: int = 4) -> bytes:
+    """A few hundred bytes of PNG whose header declares a huge 8-bit grey image; only ``rows`` rows of data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # depth 8, grey, deflate, no filter, no interlace
+    idat = zlib.compress(b"\x00" * (width + 1) * rows, 9)  # each row: filter byte 0 + zero pixels
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")

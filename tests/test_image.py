@@ -7,7 +7,6 @@ import os
 import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import cv2
@@ -15,10 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import bomb_png, write_image
 from dgs_sdk.errors import ImageTooLarge, UnreadableImage
 from dgs_sdk.image import MAX_PIXELS, decode_bytes, load_image, to_rgb8
-
-from conftest import write_image
 
 
 @pytest.fixture(scope="module")
@@ -37,17 +35,6 @@ def cv2_bytes(rgb: np.ndarray, ext: str, params: list[int] | None = None) -> byt
     ok, encoded = cv2.imencode(ext, np.ascontiguousarray(rgb[:, :, ::-1]), params or [])
     assert ok
     return encoded.tobytes()
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def bomb_png(width: int, height: int, rows: int = 4) -> bytes:
-    """A few hundred bytes of PNG whose header declares a huge 8-bit grey image; only ``rows`` rows of data."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # depth 8, grey, deflate, no filter, no interlace
-    idat = zlib.compress(b"\x00" * (width + 1) * rows, 9)  # each row: filter byte 0 + zero pixels
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 def exif_with_thumbnail(thumbnail: bytes) -> bytes:

@@ -45,8 +45,7 @@ def reference_patch_select(image: np.ndarray) -> tuple[np.ndarray, list[tuple[in
 
 def photo_variants(photos):
     """Every sample photo as shipped, plus sizes that are not multiples of 32 and a 1024x1024 resize."""
-    for name, image in photos.items():
-        yield name, image
+    yield from photos.items()
     yield "astronaut-1024", cv2.resize(photos["astronaut"], (1024, 1024), interpolation=cv2.INTER_CUBIC)
     yield "coffee-odd", photos["coffee"][:397, :581]
 

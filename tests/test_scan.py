@@ -8,11 +8,9 @@ import json
 import os
 import platform
 import shutil
-import struct
 import subprocess
 import sys
 import zipfile
-import zlib
 from pathlib import Path
 
 import cv2
@@ -21,10 +19,9 @@ import pytest
 from click.testing import CliRunner
 
 import dgs_sdk
+from conftest import bomb_png, write_image
 from dgs_sdk import Detector
 from dgs_sdk.cli import main
-
-from conftest import write_image
 
 COLUMNS = ["path", "probability", "label", "error"]
 
@@ -56,17 +53,6 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def images_in(folder: Path) -> set[str]:
     return {str(p) for p in folder.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"}}
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A tiny PNG whose header declares ``width`` x ``height`` grey pixels, with four rows of data."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * (width + 1) * 4, 9)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def assert_scored_like_the_api(rows: list[dict], detector: Detector) -> None:

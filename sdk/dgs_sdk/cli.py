@@ -32,8 +32,10 @@ def main() -> None:
 @click.argument("paths", nargs=-1, required=True)
 @click.option("-m", "--model", required=True, help="Model package (.dgs) to score with.")
 @click.option("-o", "--out", help="Write rows here: .csv or .jsonl (default: CSV on standard output).")
-@click.option("--threshold", type=click.FloatRange(0, 1), help="Probability of 'fake' from which a file is labelled fake [default: the package's].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per inference call.")
+@click.option("--threshold", type=click.FloatRange(0, 1),
+              help="Probability of 'fake' from which a file is labelled fake [default: the package's].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Images per inference call.")
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding threads [default: one per CPU, at most 8].")
 @click.option("--recursive/--no-recursive", default=True, show_default=True, help="Descend into sub-folders.")
 @click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True)
@@ -46,7 +48,8 @@ def scan(paths, model, out, threshold, batch_size, workers, recursive, backend, 
     1 when some could not be (their rows say why), 2 for a usage problem.
     """
     from .detector import Detector
-    from .scan import ScanConfig, output_format, scan as run_scan
+    from .scan import ScanConfig, output_format
+    from .scan import scan as run_scan
 
     config = ScanConfig(
         paths=paths, model=model, out=out, threshold=threshold, batch_size=batch_size, workers=workers,
@@ -81,8 +84,9 @@ def info() -> None:
     """Versions, inference backends, execution providers and the native extension."""
     click.echo(f"dgs {__version__}")
     click.echo(f"python {platform.python_version()} ({platform.machine()}, {platform.system()})")
-    for dist in ("numpy", "opencv-python-headless", "onnxruntime", "onnxruntime-gpu", "click", "torch", "open_clip_torch",
-                 "onnx", "tensorrt"):
+    distributions = ("numpy", "opencv-python-headless", "pillow", "onnxruntime", "onnxruntime-gpu", "click", "torch",
+                     "open_clip_torch", "onnx", "tensorrt")
+    for dist in distributions:
         click.echo(f"  {dist}: {_version_of(dist)}")
     usable = available_backends()
     click.echo("backends: " + ", ".join(f"{name} ({'available' if name in usable else 'not available'})"

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -187,7 +188,7 @@ class Detector:
             t2 = time.perf_counter()
             normalize_ms, inference_ms = (t1 - t0) * 1e3 / len(good), (t2 - t1) * 1e3 / len(good)
         probabilities = sigmoid(logits)
-        scored = iter(zip(logits.tolist(), probabilities.tolist()))
+        scored = iter(zip(logits.tolist(), probabilities.tolist(), strict=True))
         for p in batch:
             if p.crop is None:
                 yield Prediction(p.source, error=p.error, timings={"decode": p.decode_ms})

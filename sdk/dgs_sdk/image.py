@@ -48,7 +48,8 @@ def read_bytes(path: str | os.PathLike) -> bytes:
             return f.read()
     except FileNotFoundError:
         if os.path.islink(name):
-            raise UnreadableImage(f"{name}: broken symbolic link (target {os.readlink(name)!r} does not exist)") from None
+            target = os.readlink(name)
+            raise UnreadableImage(f"{name}: broken symbolic link (target {target!r} does not exist)") from None
         raise UnreadableImage(f"{name}: no such file") from None
     except IsADirectoryError:
         raise UnreadableImage(f"{name}: is a directory, not an image file") from None
@@ -126,7 +127,9 @@ def _sniff_format(data: bytes) -> str | None:
     return None
 
 
-def decode_bytes(data: bytes | bytearray | memoryview, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def decode_bytes(
+    data: bytes | bytearray | memoryview, name: str = "<bytes>", max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
     """Decode an encoded image into an 8-bit RGB array `[H, W, 3]`.
 
     EXIF orientation is ignored, as in PIL-based training pipelines: rotating pixels would not change a

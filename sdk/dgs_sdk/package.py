@@ -17,10 +17,11 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ModelPackageError
 from .preprocess import PreprocessSpec
@@ -85,7 +86,7 @@ class Manifest:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "manifest") -> "Manifest":
+    def from_dict(cls, d: Mapping[str, Any], source: str = "manifest") -> Manifest:
         """Parse and validate a manifest; errors name ``source`` and the offending field."""
         if d.get("format") != FORMAT_NAME:
             raise ModelPackageError(f"{source}: not a dgs model manifest (format is {d.get('format')!r})")
@@ -110,7 +111,7 @@ class Manifest:
         if not 0.0 <= threshold <= 1.0:
             raise ModelPackageError(f"{source}: threshold {threshold} is not a probability in [0, 1]")
         if model.get("format") != "onnx":
-            raise ModelPackageError(f"{source}: model format {model.get('format')!r} is not supported (expected 'onnx')")
+            raise ModelPackageError(f"{source}: model format {model.get('format')!r} is not supported (expected onnx)")
         return cls(
             preprocess=preprocess,
             model_file=str(model.get("file", "model.onnx")),
@@ -142,7 +143,7 @@ class ModelPackage:
         return self.manifest.files[self.manifest.model_file]["sha256"]
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ModelPackage":
+    def load(cls, path: str | os.PathLike) -> ModelPackage:
         """Read a package and verify its format version and the sha256 of every member.
 
         Raises:
@@ -167,7 +168,7 @@ class ModelPackage:
                     raise ModelPackageError(f"{name}: {MANIFEST_NAME} is not a JSON object")
                 manifest = Manifest.from_dict(raw, source=f"{name}: {MANIFEST_NAME}")
                 if manifest.model_file not in manifest.files:
-                    raise ModelPackageError(f"{name}: manifest lists no checksum for model file {manifest.model_file!r}")
+                    raise ModelPackageError(f"{name}: manifest has no checksum for model file {manifest.model_file!r}")
                 members = {}
                 for member, meta in manifest.files.items():
                     if member not in names:

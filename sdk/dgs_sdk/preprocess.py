@@ -11,8 +11,9 @@ stored in the model package. Two transforms exist:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -79,12 +80,12 @@ class PreprocessSpec:
             raise ValueError(f"patch-select size {self.size} is not a multiple of patch_size {self.patch_size}")
 
     @classmethod
-    def clip(cls, size: int = 224) -> "PreprocessSpec":
+    def clip(cls, size: int = 224) -> PreprocessSpec:
         """CLIP's own preprocessing at the given input size."""
         return cls(transform="clip", size=size, mean=CLIP_MEAN, std=CLIP_STD)
 
     @classmethod
-    def patch_select(cls, size: int = 224, patch_size: int = 32) -> "PreprocessSpec":
+    def patch_select(cls, size: int = 224, patch_size: int = 32) -> PreprocessSpec:
         """DGS-Net's patch selection: a 7x7 mosaic of 32x32 patches at the defaults."""
         return cls(transform="patch-select", size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD, patch_size=patch_size)
 
@@ -101,7 +102,7 @@ class PreprocessSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PreprocessSpec":
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
         """Build a spec from a manifest's ``preprocess`` entry; unknown keys are an error, not ignored."""
         known = {"transform", "size", "mean", "std", "patch_size", "interpolation"}
         unknown = set(d) - known
