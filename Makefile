@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
+	$(PY) -m ruff check sdk trainer export tests benchmarks examples
 	$(PY) -m pytest
 
 demo: $(STAMP)
