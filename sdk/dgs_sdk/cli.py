@@ -47,8 +47,7 @@ def scan(paths, model, out, threshold, batch_size, workers, recursive, backend, 
     Every file gets a row (path, probability, label, error). Exit code 0 when all files were scored,
     1 when some could not be (their rows say why), 2 for a usage problem.
     """
-    from .detector import Detector
-    from .scan import ScanConfig, output_format
+    from .scan import ScanConfig
     from .scan import scan as run_scan
 
     config = ScanConfig(
@@ -56,14 +55,9 @@ def scan(paths, model, out, threshold, batch_size, workers, recursive, backend, 
         recursive=recursive, backend=backend, device=device, progress=progress,
     )
     try:
-        if out:
-            output_format(out)
-        detector = Detector(model, backend=backend, device=device, batch_size=batch_size, threshold=threshold,
-                            workers=workers)
+        summary = run_scan(config)
     except (DgsError, ValueError) as e:
         raise SetupError(str(e)) from None
-    try:
-        summary = run_scan(config, detector=detector)
     except OSError as e:  # the output file could not be written
         raise SetupError(f"{e.filename or out}: cannot write results ({e.strerror or e})") from None
     click.echo(summary.line(), err=True)

@@ -36,16 +36,16 @@ def _is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _walk(top: str, recursive: bool) -> Iterator[str]:
+def _walk(top: str, recursive: bool) -> Iterator[Target]:
     """Image files under ``top`` in sorted order; follows directory symlinks but never loops."""
     seen: set[tuple[int, int]] = set()
 
-    def visit(folder: str) -> Iterator[str]:
+    def visit(folder: str) -> Iterator[Target]:
         try:
             st = os.stat(folder)
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
-            yield folder  # becomes an error row saying why the folder could not be read
+        except OSError as e:
+            yield Target(folder, f"{folder}: folder cannot be read ({e.strerror or e})")
             return
         key = (st.st_dev, st.st_ino)
         if key in seen:  # a symlink back into a folder already visited
@@ -60,7 +60,7 @@ def _walk(top: str, recursive: bool) -> Iterator[str]:
             if is_dir:
                 subfolders.append(entry.path)
             elif _is_image_name(entry.name):
-                yield entry.path
+                yield Target(entry.path)
         if recursive:
             for sub in subfolders:
                 yield from visit(sub)
@@ -87,10 +87,7 @@ def discover(paths: Iterable[str], recursive: bool = True) -> list[Target]:
     def expand(path: str) -> None:
         if os.path.isdir(path):
             for found in _walk(path, recursive):
-                if os.path.isdir(found):
-                    add(Target(found, f"{found}: folder cannot be read (permission denied?)"))
-                else:
-                    add(Target(found))
+                add(found)
         else:
             add(Target(path))  # decoding reports missing, unreadable and non-image files
 
@@ -200,7 +197,13 @@ def scan(config: ScanConfig, detector: Detector | None = None, stream: IO[str] |
 
     Rows go to ``config.out`` (CSV or JSONL by extension) or, when it is ``None``, as CSV to ``stream``
     (standard output by default). The progress bar goes to standard error.
+
+    Raises:
+        ValueError: the output name has an unknown extension (checked before the model is loaded).
+        DgsError: the model package or backend cannot be used.
+        OSError: the output file cannot be written.
     """
+    fmt = output_format(config.out) if config.out else "csv"
     detector = detector or Detector(
         config.model,
         backend=config.backend,
@@ -209,7 +212,6 @@ def scan(config: ScanConfig, detector: Detector | None = None, stream: IO[str] |
         threshold=config.threshold,
         workers=config.workers,
     )
-    fmt = output_format(config.out) if config.out else "csv"
     targets = discover(config.paths, recursive=config.recursive)
     summary = ScanSummary()
     start = time.perf_counter()
