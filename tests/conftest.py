@@ -79,9 +79,10 @@ def patch_package(tiny_model, photos, tmp_path_factory) -> Path:
 
 
 def write_image(path: Path, rgb: np.ndarray, params: list[int] | None = None) -> Path:
-    """Encode an RGB array to ``path`` (format from the extension); unicode paths work."""
+    """Encode an RGB array to ``path`` (format from the extension), creating folders; unicode paths work."""
     ok, encoded = cv2.imencode(path.suffix, np.ascontiguousarray(rgb[:, :, ::-1]), params or [])
     assert ok, path
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encoded.tobytes())
     return path
 
