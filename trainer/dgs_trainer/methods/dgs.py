@@ -1,0 +1,106 @@
+"""DGS-Net: distillation-guided gradient surgery on a LoRA-adapted CLIP image encoder.
+
+Per batch, with f the student's image embedding (LoRA encoder, trainable), f0 the frozen pretrained
+encoder's embedding, t the frozen text embedding of each image's caption (all projected, un-normalised):
+
+- L_img = BCE(img_fc(f), y); L_img0 = BCE(probe_fc(f0), y) with the stage-1 probe frozen; L_text = BCE(text_fc(t), y);
+- g_img = dL_img0/df0 and g_text = dL_text/dt, per sample, detached;
+- prior alignment: L_help = mean over the batch of sum_d f * min(g_img, 0);
+- orthogonal suppression: with h = relu(g_text) / (||relu(g_text)|| + 1e-6), the gradient reaching f is
+  replaced by grad - (grad . h) h, per sample;
+- L = L_img + L_text + lambda * L_help. Only LoRA, img_fc and text_fc train.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..lora import LoRAConfig, apply_lora, lora_parameters, merge_lora
+from ..models import ClipImageDetector
+
+__all__ = ["DGSLosses", "DGSNet", "project_off"]
+
+
+def project_off(grad: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """Remove from each row of ``grad`` ``[B, D]`` its component along the unit row of ``direction``."""
+    return grad - (grad * direction).sum(dim=-1, keepdim=True) * direction
+
+
+@dataclass
+class DGSLosses:
+    """The total loss to backpropagate and its parts (detached, for logging)."""
+
+    loss: torch.Tensor
+    img: torch.Tensor
+    text: torch.Tensor
+    help: torch.Tensor
+    teacher: torch.Tensor
+
+
+class DGSNet(nn.Module):
+    """Student encoder with LoRA, frozen teacher encoder and text tower, and the three linear heads.
+
+    Args:
+        clip: an open_clip CLIP model with pretrained weights; it becomes the frozen teacher and text tower.
+        probe_fc: the stage-1 linear probe on the teacher's embedding (frozen here).
+        lora: where LoRA goes in the student (a copy of ``clip.visual``).
+        help_weight: lambda, the weight of the prior-alignment loss.
+    """
+
+    def __init__(self, clip: nn.Module, probe_fc: nn.Linear, lora: LoRAConfig, help_weight: float = 0.2) -> None:
+        super().__init__()
+        self.student = copy.deepcopy(clip.visual)
+        apply_lora(self.student, lora)
+        self.clip = clip.requires_grad_(False).eval()  # teacher = clip.visual; text tower = clip.encode_text
+        self.probe_fc = probe_fc.requires_grad_(False)
+        dim = clip.visual.output_dim
+        self.img_fc = nn.Linear(dim, 1)
+        self.text_fc = nn.Linear(dim, 1)
+        self.help_weight = help_weight
+
+    def train(self, mode: bool = True) -> DGSNet:
+        super().train(mode)
+        self.clip.eval()  # the teacher never trains, dropout included
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [*lora_parameters(self.student), *self.img_fc.parameters(), *self.text_fc.parameters()]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logit of "fake" ``[B]`` from the student: the inference path."""
+        return self.img_fc(self.student(images)).squeeze(-1)
+
+    def losses(self, images: torch.Tensor, text_tokens: torch.Tensor, labels: torch.Tensor) -> DGSLosses:
+        """Losses of one batch; backpropagating ``loss`` applies the surgery to the gradient reaching f."""
+        f = self.student(images)  # [B, D]
+        with torch.no_grad():
+            f0 = self.clip.visual(images)  # [B, D]
+            t = self.clip.encode_text(text_tokens)  # [B, D]
+        f0 = f0.detach().requires_grad_()
+        t = t.detach().requires_grad_()
+        with torch.enable_grad():
+            l_img = F.binary_cross_entropy_with_logits(self.img_fc(f).squeeze(-1), labels)
+            l_img0 = F.binary_cross_entropy_with_logits(self.probe_fc(f0).squeeze(-1), labels)
+            l_text = F.binary_cross_entropy_with_logits(self.text_fc(t).squeeze(-1), labels)
+            (g_img,) = torch.autograd.grad(l_img0, f0)
+            (g_text,) = torch.autograd.grad(l_text, t, retain_graph=True)  # text_fc still learns from l_text
+        l_help = (f * g_img.clamp(max=0)).sum(dim=-1).mean()
+        harmful = torch.relu(g_text)
+        harmful = harmful / (harmful.norm(dim=-1, keepdim=True) + 1e-6)  # [B, D]
+        if f.requires_grad:
+            f.register_hook(lambda grad: project_off(grad, harmful))
+        loss = l_img + l_text + self.help_weight * l_help
+        return DGSLosses(loss, l_img.detach(), l_text.detach(), l_help.detach(), l_img0.detach())
+
+    def inference_model(self) -> ClipImageDetector:
+        """The deployable network: the student with LoRA merged into its weights and img_fc as head."""
+        visual = copy.deepcopy(self.student)
+        merge_lora(visual)
+        detector = ClipImageDetector(visual, self.img_fc.in_features)
+        detector.head.load_state_dict(self.img_fc.state_dict())
+        return detector.eval()
