@@ -1,0 +1,31 @@
+"""Linear probe on frozen CLIP image features (UniversalFakeDetect's baseline and DGS-Net's stage 1)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..models import ClipImageDetector
+
+__all__ = ["LinearProbe"]
+
+
+class LinearProbe(ClipImageDetector):
+    """A frozen CLIP image encoder and a trainable linear head: image ``[B, 3, S, S]`` -> logit of "fake" ``[B]``."""
+
+    def __init__(self, visual: nn.Module, embed_dim: int) -> None:
+        super().__init__(visual, embed_dim)
+        self.visual.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> LinearProbe:
+        super().train(mode)
+        self.visual.eval()  # frozen features: no dropout, fixed normalisation statistics
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = self.visual(image)  # [B, D]
+        return self.head(features).squeeze(-1)
