@@ -28,7 +28,7 @@ def per_patch_transform(image: np.ndarray) -> np.ndarray:
             p = power / (power.sum() + 1e-12)
             entropies.append(-np.sum(p * np.log2(p + 1e-12)))
             patches.append(patch)
-    order = np.argsort(entropies, kind="stable")
+    order = np.argsort(np.round(entropies, 6), kind="stable")
     chosen = list(order[: KEEP // 2]) + list(order[-(KEEP - KEEP // 2) :])
     mosaic = np.zeros((224, 224, 3), np.uint8)
     for n, k in enumerate(chosen):

@@ -34,7 +34,7 @@ def reference_patch_select(image: np.ndarray) -> tuple[np.ndarray, list[tuple[in
     h, w = image.shape[0] - image.shape[0] % PATCH, image.shape[1] - image.shape[1] % PATCH
     corners = [(i, j) for i in range(0, h, PATCH) for j in range(0, w, PATCH)]
     entropies = [reference_entropy(image[i : i + PATCH, j : j + PATCH]) for i, j in corners]
-    order = np.argsort(entropies, kind="stable")
+    order = np.argsort(np.round(entropies, 6), kind="stable")
     chosen = [corners[k] for k in list(order[:24]) + list(order[-25:])]
     mosaic = np.zeros((224, 224, 3), np.uint8)
     for n, (i, j) in enumerate(chosen):
@@ -48,6 +48,13 @@ def photo_variants(photos):
     yield from photos.items()
     yield "astronaut-1024", cv2.resize(photos["astronaut"], (1024, 1024), interpolation=cv2.INTER_CUBIC)
     yield "coffee-odd", photos["coffee"][:397, :581]
+    # Flat blocks of different greys: their entropies differ only by rounding noise, so ties decide.
+    levels = np.random.default_rng(0).integers(0, 256, size=(12, 14, 3), dtype=np.uint8)
+    yield "flat-blocks", np.kron(levels, np.ones((32, 32, 1), np.uint8))
+    # Flat blocks next to textured ones.
+    mixed = np.kron(levels, np.ones((32, 32, 1), np.uint8))
+    mixed[:, ::2] = photos["astronaut"][: mixed.shape[0], : mixed.shape[1]][:, ::2]
+    yield "flat-and-textured", mixed
 
 
 def test_patch_select_matches_per_patch_reference_on_photos(photos):

@@ -214,7 +214,7 @@ def test_unmatched_pattern_and_missing_path_give_error_rows(tmp_path, glob_folde
     assert result.exit_code == 1, result.output
     rows = {r["path"]: r for r in read_csv(out)}
     assert set(rows) == {pattern, missing, str(glob_folder / "c.png")}
-    assert pattern in rows[pattern]["error"] and "matched no files" in rows[pattern]["error"]
+    assert pattern in rows[pattern]["error"] and "matched no image files" in rows[pattern]["error"]
     assert missing in rows[missing]["error"] and "no such file" in rows[missing]["error"]
     assert rows[pattern]["probability"] == rows[missing]["probability"] == ""
     assert rows[str(glob_folder / "c.png")]["label"] in ("real", "fake")

@@ -103,16 +103,19 @@ def export_package(
         input_name=INPUT_NAME,
         output_name=OUTPUT_NAME,
     )
-    path = write_package(out, manifest, {manifest.model_file: onnx_bytes})
-    batch = preprocess_batch(parity_images, preprocess)
-    expected = torch_probabilities(model, batch)
-    detector = Detector(path, backend="onnxruntime", device="cpu")
-    actual = sigmoid(detector.backend.run(batch))
-    worst = float(np.max(np.abs(actual - expected)))
-    if worst > tolerance:
-        path.unlink()
-        raise ParityError(
-            f"{path}: ONNX Runtime differs from torch by up to {worst:.2e} in probability on "
-            f"{len(batch)} images (tolerance {tolerance:.0e}); the package was not kept"
-        )
-    return path
+    out = Path(out)
+    # Written beside the destination and verified there; an existing package is replaced only by a good one.
+    unverified = write_package(out.with_name(out.name + ".unverified"), manifest, {manifest.model_file: onnx_bytes})
+    try:
+        batch = preprocess_batch(parity_images, preprocess)
+        expected = torch_probabilities(model, batch)
+        actual = sigmoid(Detector(unverified, backend="onnxruntime", device="cpu").backend.run(batch))
+        worst = float(np.max(np.abs(actual - expected)))
+        if worst > tolerance:
+            raise ParityError(
+                f"{out}: ONNX Runtime differs from torch by up to {worst:.2e} in probability on "
+                f"{len(batch)} images (tolerance {tolerance:.0e}); no package was written"
+            )
+        return unverified.replace(out)
+    finally:
+        unverified.unlink(missing_ok=True)

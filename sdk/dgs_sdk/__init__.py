@@ -4,12 +4,20 @@
 >>> Detector("model.dgs").predict("photo.jpg").probability
 """
 
+import os as _os
 from importlib import metadata as _metadata
 
-from .detector import Detector, Prediction
-from .errors import BackendUnavailable, DgsError, ImageTooLarge, ModelPackageError, UnreadableImage
-from .package import Manifest, ModelPackage, write_package
-from .preprocess import PreprocessSpec, preprocess, preprocess_batch
+from .limits import MAX_PIXELS as _MAX_PIXELS
+
+# OpenCV reads its decoder pixel bound once, when it loads. Setting it here, before this package first imports
+# cv2, makes OpenCV also refuse from their header the decompression bombs that Pillow cannot parse (e.g. float
+# TIFF). It has no effect if the application imported cv2 first; Pillow's header check still applies then.
+_os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(_MAX_PIXELS))
+
+from .detector import Detector, Prediction  # noqa: E402
+from .errors import BackendUnavailable, DgsError, ImageTooLarge, ModelPackageError, UnreadableImage  # noqa: E402
+from .package import Manifest, ModelPackage, write_package  # noqa: E402
+from .preprocess import PreprocessSpec, preprocess, preprocess_batch  # noqa: E402
 
 try:
     __version__ = _metadata.version("dgs")

@@ -54,12 +54,19 @@ def scan(paths, model, out, threshold, batch_size, workers, recursive, backend, 
         paths=paths, model=model, out=out, threshold=threshold, batch_size=batch_size, workers=workers,
         recursive=recursive, backend=backend, device=device, progress=progress,
     )
+    if hasattr(sys.stdout, "reconfigure"):  # rows on stdout: file names that are not UTF-8 pass through as bytes
+        sys.stdout.reconfigure(errors="surrogateescape")
     try:
         summary = run_scan(config)
     except (DgsError, ValueError) as e:
         raise SetupError(str(e)) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted: rows written so far are kept", err=True)
+        sys.exit(130)
     except OSError as e:  # the output file could not be written
         raise SetupError(f"{e.filename or out}: cannot write results ({e.strerror or e})") from None
+    if summary.total == 0:
+        click.echo("no image files found in " + ", ".join(paths), err=True)
     click.echo(summary.line(), err=True)
     if out:
         click.echo(f"results written to {out}", err=True)

@@ -172,6 +172,8 @@ class Detector:
         t1 = time.perf_counter()
         try:
             crop = crop_image(image, self.spec)
+        except DgsError as e:
+            return _Prepared(name, None, f"{name}: {e}", 0.0, 0.0)
         except Exception as e:
             return _Prepared(name, None, f"{name}: preprocessing failed ({type(e).__name__}: {e})", 0.0, 0.0)
         return _Prepared(name, crop, None, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3)

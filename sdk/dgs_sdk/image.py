@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import warnings
 from pathlib import Path
 from typing import Union
@@ -14,11 +15,19 @@ import numpy as np
 import PIL.Image
 
 from .errors import ImageTooLarge, UnreadableImage
+from .limits import MAX_FILE_BYTES, MAX_PIXELS
 
-__all__ = ["ImageInput", "MAX_PIXELS", "read_bytes", "decode_bytes", "to_rgb8", "load_image", "describe_source"]
+__all__ = [
+    "ImageInput",
+    "MAX_PIXELS",
+    "MAX_FILE_BYTES",
+    "read_bytes",
+    "decode_bytes",
+    "to_rgb8",
+    "load_image",
+    "describe_source",
+]
 
-# Same bound as Pillow's decompression-bomb error: a 13k x 13k image is accepted, a 14k x 14k one is not.
-MAX_PIXELS = 178_956_970
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
 
@@ -40,10 +49,20 @@ def describe_source(source: ImageInput, index: int | None = None) -> str:
     return f"<{kind}>" if index is None else f"<{kind} #{index}>"
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """Read a whole file, turning OS errors into `UnreadableImage` naming the file."""
+def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """Read a whole regular file, turning OS errors into `UnreadableImage` naming the file.
+
+    Devices, pipes and sockets are refused before they are opened (reading a FIFO would block forever),
+    and so are files larger than ``max_bytes``.
+    """
     name = os.fspath(path)
     try:
+        st = os.stat(name)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, pipe or socket)"
+            raise UnreadableImage(f"{name}: is {kind}, not an image file")
+        if st.st_size > max_bytes:
+            raise UnreadableImage(f"{name}: file too large ({st.st_size:,} bytes; the limit is {max_bytes:,})")
         with open(name, "rb") as f:
             return f.read()
     except FileNotFoundError:
@@ -51,8 +70,6 @@ def read_bytes(path: str | os.PathLike) -> bytes:
             target = os.readlink(name)
             raise UnreadableImage(f"{name}: broken symbolic link (target {target!r} does not exist)") from None
         raise UnreadableImage(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise UnreadableImage(f"{name}: is a directory, not an image file") from None
     except PermissionError:
         raise UnreadableImage(f"{name}: permission denied") from None
     except OSError as e:

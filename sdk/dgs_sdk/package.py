@@ -38,6 +38,12 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _mapping(value: Any, field: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{field} must be a JSON object, got {type(value).__name__}")
+    return dict(value)
+
+
 @dataclass
 class Manifest:
     """What a model package says about its model.
@@ -100,30 +106,32 @@ class Manifest:
         if version < 1:
             raise ModelPackageError(f"{source}: format version {version} is not valid")
         try:
-            model = d["model"]
-            preprocess = PreprocessSpec.from_dict(dict(d["preprocess"]))
+            model = _mapping(d["model"], "model")
+            if model.get("format") != "onnx":
+                raise ValueError(f"model format {model.get('format')!r} is not supported (expected onnx)")
             threshold = float(d.get("threshold", 0.5))
-            files = dict(d["files"])
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"threshold {threshold} is not a probability in [0, 1]")
+            files = _mapping(d["files"], "files")
+            for member, meta in files.items():
+                if not isinstance(_mapping(meta, f"files[{member!r}]").get("sha256"), str):
+                    raise ValueError(f"files[{member!r}] has no sha256")
+            return cls(
+                preprocess=PreprocessSpec.from_dict(_mapping(d["preprocess"], "preprocess")),
+                model_file=str(model.get("file", "model.onnx")),
+                threshold=threshold,
+                threshold_source=str(d.get("threshold_source", "default")),
+                architecture=_mapping(d.get("architecture", {}), "architecture"),
+                provenance=_mapping(d.get("provenance", {}), "provenance"),
+                input_name=str(model.get("input", "image")),
+                output_name=str(model.get("output", "logit")),
+                files=files,
+                created=str(d.get("created", "")),
+            )
         except KeyError as e:
             raise ModelPackageError(f"{source}: required field {e.args[0]!r} is missing") from None
         except (TypeError, ValueError) as e:
             raise ModelPackageError(f"{source}: {e}") from None
-        if not 0.0 <= threshold <= 1.0:
-            raise ModelPackageError(f"{source}: threshold {threshold} is not a probability in [0, 1]")
-        if model.get("format") != "onnx":
-            raise ModelPackageError(f"{source}: model format {model.get('format')!r} is not supported (expected onnx)")
-        return cls(
-            preprocess=preprocess,
-            model_file=str(model.get("file", "model.onnx")),
-            threshold=threshold,
-            threshold_source=str(d.get("threshold_source", "default")),
-            architecture=dict(d.get("architecture", {})),
-            provenance=dict(d.get("provenance", {})),
-            input_name=str(model.get("input", "image")),
-            output_name=str(model.get("output", "logit")),
-            files=files,
-            created=str(d.get("created", "")),
-        )
 
 
 @dataclass

@@ -18,6 +18,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .errors import ImageTooLarge
+from .limits import MAX_PIXELS
+
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
@@ -39,6 +42,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114])
+ENTROPY_DECIMALS = 6
 TRANSFORMS = ("clip", "patch-select")
 # Patches per FFT call. Bands of about this many patches keep the grey values, spectra and entropy terms in
 # the CPU cache: 2-3x faster than one call over a whole 1024x1024 image, and memory stays flat on huge ones.
@@ -114,12 +118,20 @@ class PreprocessSpec:
 
 
 def resize_shortest_side(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize so the shorter side is ``size``, bicubic; the longer side is truncated as torchvision does."""
+    """Resize so the shorter side is ``size``, bicubic; the longer side is truncated as torchvision does.
+
+    Raises:
+        ImageTooLarge: the resized image would exceed `MAX_PIXELS` (a very thin image, such as 1 x 60000).
+    """
     h, w = image.shape[:2]
     if h <= w:
         new_h, new_w = size, int(size * w / h)
     else:
         new_h, new_w = int(size * h / w), size
+    if new_h * new_w > MAX_PIXELS:
+        raise ImageTooLarge(
+            f"a {w}x{h} image is too elongated: resizing its short side to {size} would give {new_w}x{new_h} pixels"
+        )
     if (new_h, new_w) == (h, w):
         return image
     return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_CUBIC)
@@ -177,8 +189,8 @@ def select_patches(image: np.ndarray, spec: PreprocessSpec, rng: np.random.Gener
     Height and width are cropped down to multiples of ``patch_size`` (top-left region kept). An image that
     yields fewer than ``grid**2`` patches is first resized so its shorter side is ``size`` (bicubic), which
     guarantees enough. The ``grid**2 // 2`` lowest-entropy and the remaining highest-entropy patches are kept;
-    ties are broken by position. Mosaic order is ascending entropy (row-major), or a permutation drawn from
-    ``rng`` when given (training-time shuffling).
+    entropies are compared rounded to 6 decimals and ties are broken by position. Mosaic order is ascending
+    entropy (row-major), or a permutation drawn from ``rng`` when given (training-time shuffling).
     """
     p, grid = spec.patch_size, spec.grid
     n_keep = grid * grid
@@ -191,7 +203,9 @@ def select_patches(image: np.ndarray, spec: PreprocessSpec, rng: np.random.Gener
         spectral_entropy(_patch_grid(_gray(region[r * p : (r + rows) * p]), p))
         for r in range(0, gh, rows)
     ])
-    order = np.argsort(entropy, kind="stable")
+    # Rounded to a micro-bit before ranking: flat patches differ only by rounding noise (~1e-12), which would
+    # otherwise decide their order differently in every implementation. Ties then go by position.
+    order = np.argsort(np.round(entropy, ENTROPY_DECIMALS), kind="stable")
     n_low = n_keep // 2
     chosen = np.concatenate([order[:n_low], order[len(order) - (n_keep - n_low) :]])
     if rng is not None:

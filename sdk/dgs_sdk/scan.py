@@ -37,43 +37,47 @@ def _is_image_name(name: str) -> bool:
 
 
 def _walk(top: str, recursive: bool) -> Iterator[Target]:
-    """Image files under ``top`` in sorted order; follows directory symlinks but never loops."""
-    seen: set[tuple[int, int]] = set()
+    """Image files under ``top``, depth first in sorted order.
 
-    def visit(folder: str) -> Iterator[Target]:
+    Follows directory symlinks but visits each folder once (by device and inode), so symlink loops end.
+    Hidden entries (names starting with a dot, such as macOS ``._photo.jpg`` resource files) are skipped.
+    Pipes, devices and sockets with an image name are listed: decoding refuses them, unopened, with an error.
+    """
+    seen: set[tuple[int, int]] = set()
+    stack = [top]
+    while stack:
+        folder = stack.pop()
         try:
             st = os.stat(folder)
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as e:
             yield Target(folder, f"{folder}: folder cannot be read ({e.strerror or e})")
-            return
-        key = (st.st_dev, st.st_ino)
-        if key in seen:  # a symlink back into a folder already visited
-            return
-        seen.add(key)
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
         subfolders = []
         for entry in entries:
+            if entry.name.startswith("."):
+                continue
             try:
                 is_dir = entry.is_dir()  # follows symlinks
             except OSError:
-                is_dir = False
+                is_dir = False  # decoding reports what is wrong with it
             if is_dir:
                 subfolders.append(entry.path)
             elif _is_image_name(entry.name):
                 yield Target(entry.path)
         if recursive:
-            for sub in subfolders:
-                yield from visit(sub)
-
-    yield from visit(top)
+            stack.extend(reversed(subfolders))
 
 
 def discover(paths: Iterable[str], recursive: bool = True) -> list[Target]:
     """Expand files, folders and glob patterns into the list of files to score.
 
-    Files named explicitly are always scored (a non-image then gets an error row); inside folders only
-    files with an image extension (case-insensitive) are taken. A missing path or a pattern that matches
-    nothing becomes a `Target` with an error, so it is reported rather than silently dropped.
+    Files named explicitly are always scored (a non-image then gets an error row); inside folders and among
+    the matches of a pattern only files with an image extension (case-insensitive) are taken. A missing path
+    or a pattern that matches no image becomes a `Target` with an error, so it is reported, not dropped.
     """
     targets: list[Target] = []
     seen: set[str] = set()
@@ -84,22 +88,20 @@ def discover(paths: Iterable[str], recursive: bool = True) -> list[Target]:
             seen.add(key)
             targets.append(target)
 
-    def expand(path: str) -> None:
-        if os.path.isdir(path):
-            for found in _walk(path, recursive):
-                add(found)
-        else:
-            add(Target(path))  # decoding reports missing, unreadable and non-image files
+    def expand(path: str, named: bool) -> int:
+        found = list(_walk(path, recursive)) if os.path.isdir(path) else []
+        if not os.path.isdir(path) and (named or _is_image_name(path)):
+            found = [Target(path)]  # decoding reports missing, unreadable and non-image files
+        for target in found:
+            add(target)
+        return len(found)
 
     for arg in paths:
         if os.path.lexists(arg):
-            expand(arg)
+            expand(arg, named=True)
         elif glob.has_magic(arg):
-            matches = sorted(glob.glob(arg, recursive=True))
-            if not matches:
-                add(Target(arg, f"{arg}: pattern matched no files"))
-            for match in matches:
-                expand(match)
+            if not sum(expand(match, named=False) for match in sorted(glob.glob(arg, recursive=True))):
+                add(Target(arg, f"{arg}: pattern matched no image files"))
         else:
             add(Target(arg, f"{arg}: no such file or folder"))
     return targets
@@ -107,7 +109,7 @@ def discover(paths: Iterable[str], recursive: bool = True) -> list[Target]:
 
 class _CsvWriter:
     def __init__(self, stream: IO[str]) -> None:
-        self._writer = csv.writer(stream)
+        self._writer = csv.writer(stream, lineterminator="\n")
         self._writer.writerow(COLUMNS)
 
     def write(self, row: dict) -> None:
@@ -204,6 +206,8 @@ def scan(config: ScanConfig, detector: Detector | None = None, stream: IO[str] |
         OSError: the output file cannot be written.
     """
     fmt = output_format(config.out) if config.out else "csv"
+    if config.out and not Path(config.out).parent.is_dir():
+        raise ValueError(f"{config.out}: cannot write results, folder {Path(config.out).parent} does not exist")
     detector = detector or Detector(
         config.model,
         backend=config.backend,
@@ -215,7 +219,8 @@ def scan(config: ScanConfig, detector: Detector | None = None, stream: IO[str] |
     targets = discover(config.paths, recursive=config.recursive)
     summary = ScanSummary()
     start = time.perf_counter()
-    out_file = open(config.out, "w", newline="", encoding="utf-8") if config.out else None
+    # surrogateescape: a file name that is not valid UTF-8 is written back as its original bytes.
+    out_file = open(config.out, "w", newline="", encoding="utf-8", errors="surrogateescape") if config.out else None
     try:
         writer = open_writer(out_file or stream or sys.stdout, fmt)
         quiet = None if config.progress is None else not config.progress  # tqdm: None = only on a terminal

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, ModelPackageError
 from ..package import ModelPackage
 from .base import Backend
 
@@ -63,12 +63,26 @@ class OnnxRuntimeBackend(Backend):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning threads would take the cores from the threads that decode the next batch meanwhile.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(package.model_bytes, sess_options=options, providers=providers)
-        self._input = package.manifest.input_name
-        self._output = package.manifest.output_name
-        inputs = [i.name for i in self._session.get_inputs()]
+        manifest = package.manifest
+        where = f"{package.path}: {manifest.model_file}"
+        try:
+            self._session = ort.InferenceSession(package.model_bytes, sess_options=options, providers=providers)
+        except Exception as e:  # onnxruntime raises its own types for invalid graphs
+            raise ModelPackageError(f"{where} cannot be loaded by onnxruntime ({str(e).strip()})") from None
+        self._input, self._output = manifest.input_name, manifest.output_name
+        inputs = {i.name: i.shape for i in self._session.get_inputs()}
+        outputs = [o.name for o in self._session.get_outputs()]
         if self._input not in inputs:
-            raise BackendUnavailable(f"{package.path}: ONNX graph has no input {self._input!r} (inputs: {inputs})")
+            raise ModelPackageError(f"{where} has no input {self._input!r} (inputs: {', '.join(inputs)})")
+        if self._output not in outputs:
+            raise ModelPackageError(f"{where} has no output {self._output!r} (outputs: {', '.join(outputs)})")
+        size = manifest.preprocess.size
+        expected = [3, size, size]
+        shape = inputs[self._input]
+        if len(shape) != 4 or any(isinstance(a, int) and a != b for a, b in zip(shape[1:], expected, strict=True)):
+            raise ModelPackageError(
+                f"{where} takes input of shape {shape}, but the manifest's preprocessing gives [B, 3, {size}, {size}]"
+            )
         used = self._session.get_providers()
         self._device = f"cuda:{index}" if used and used[0] == "CUDAExecutionProvider" else "cpu"
 
