@@ -10,9 +10,8 @@ from datetime import date
 
 import cv2
 import numpy as np
-import skimage.data
 
-PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
+from dgs_trainer.samples import sample_photos
 
 
 def machine() -> str:
@@ -36,7 +35,7 @@ def header(title: str) -> str:
 
 def photos(size: int | None = None) -> list[np.ndarray]:
     """scikit-image's sample photographs as RGB uint8, optionally resized to ``size`` x ``size`` (bicubic)."""
-    images = [getattr(skimage.data, name)() for name in PHOTO_NAMES]
+    images = list(sample_photos().values())
     if size:
         images = [cv2.resize(im, (size, size), interpolation=cv2.INTER_CUBIC) for im in images]
     return images

@@ -15,14 +15,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import skimage.data
 import torch
 
 from dgs_export import export_package
 from dgs_sdk import PreprocessSpec
 from dgs_trainer import build_image_detector
-
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
+from dgs_trainer.samples import sample_photos
 
 
 def main() -> int:
@@ -33,7 +31,7 @@ def main() -> int:
     shutil.rmtree(images, ignore_errors=True)
     (images / "nested").mkdir(parents=True)
 
-    photos = {name: getattr(skimage.data, name)() for name in PHOTOS}
+    photos = sample_photos()
     for i, (name, rgb) in enumerate(photos.items()):
         folder = images / "nested" if i % 2 else images
         cv2.imwrite(str(folder / f"{name}.{'png' if i % 3 == 0 else 'jpg'}"), np.ascontiguousarray(rgb[:, :, ::-1]))

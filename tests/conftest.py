@@ -10,11 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import skimage.data
 
 from dgs_sdk import PreprocessSpec
-
-PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -34,7 +31,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def photos() -> dict[str, np.ndarray]:
     """Real RGB photographs shipped with scikit-image, by name."""
-    return {name: getattr(skimage.data, name)() for name in PHOTO_NAMES}
+    from dgs_trainer.samples import sample_photos
+
+    return sample_photos()
 
 
 @pytest.fixture(scope="session")
