@@ -16,16 +16,45 @@ from .errors import DgsError
 __all__ = ["main"]
 
 
+# Verbs that live in the training and export packages, imported only when called, so that the SDK's own
+# verbs work without torch. A missing extra turns into an error that names it.
+LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "train": ("dgs_trainer.cli", "train", "train"),
+    "eval": ("dgs_trainer.cli", "eval_command", "train"),
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in LAZY_COMMANDS:
+            return super().get_command(ctx, name)
+        module, attribute, extra = LAZY_COMMANDS[name]
+        try:
+            return getattr(importlib.import_module(module), attribute)
+        except ImportError as e:
+            message = f"'dgs {name}' needs the {extra} extra: pip install 'dgs[{extra}]' ({e})"
+
+            @click.command(name, help=f"(unavailable: pip install 'dgs[{extra}]')",
+                           context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+            def unavailable() -> None:
+                raise SetupError(message)
+
+            return unavailable
+
+
 class SetupError(click.ClickException):
     """A problem with what the command was given (model, output path, device): exit code 2, no traceback."""
 
     exit_code = 2
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="dgs")
 def main() -> None:
-    """Detect AI-generated images: scan folders with a .dgs model package."""
+    """Detect AI-generated images: train detectors, evaluate them, scan folders with a .dgs model package."""
 
 
 @main.command()

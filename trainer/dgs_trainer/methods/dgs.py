@@ -52,8 +52,17 @@ class DGSNet(nn.Module):
         help_weight: lambda, the weight of the prior-alignment loss.
     """
 
-    def __init__(self, clip: nn.Module, probe_fc: nn.Linear, lora: LoRAConfig, help_weight: float = 0.2) -> None:
+    def __init__(
+        self,
+        clip: nn.Module,
+        probe_fc: nn.Linear,
+        lora: LoRAConfig,
+        help_weight: float = 0.2,
+        caption_tokens: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
+        # Token ids of each training image's caption [N, context], looked up by sample index during training.
+        self.register_buffer("caption_tokens", caption_tokens, persistent=False)
         self.student = copy.deepcopy(clip.visual)
         apply_lora(self.student, lora)
         self.clip = clip.requires_grad_(False).eval()  # teacher = clip.visual; text tower = clip.encode_text
@@ -96,6 +105,13 @@ class DGSNet(nn.Module):
             f.register_hook(lambda grad: project_off(grad, harmful))
         loss = l_img + l_text + self.help_weight * l_help
         return DGSLosses(loss, l_img.detach(), l_text.detach(), l_help.detach(), l_img0.detach())
+
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor):
+        if self.caption_tokens is None:
+            raise RuntimeError("DGSNet needs caption_tokens to train")
+        parts = self.losses(images, self.caption_tokens[indices], labels)
+        logs = {name: getattr(parts, name).item() for name in ("loss", "img", "text", "help")}
+        return parts.loss, logs
 
     def inference_model(self) -> ClipImageDetector:
         """The deployable network: the student with LoRA merged into its weights and img_fc as head."""

@@ -29,3 +29,12 @@ class LinearProbe(ClipImageDetector):
         with torch.no_grad():
             features = self.visual(image)  # [B, D]
         return self.head(features).squeeze(-1)
+
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(self(images), labels)
+        return loss, {"loss": loss.item()}
+
+    def inference_model(self) -> ClipImageDetector:
+        detector = ClipImageDetector(self.visual, self.head.in_features)
+        detector.head.load_state_dict(self.head.state_dict())
+        return detector.eval()

@@ -1,0 +1,134 @@
+"""`dgs train` and `dgs eval`: thin layers over `dgs_trainer.train` and `dgs_trainer.evaluate`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import typing
+from pathlib import Path
+
+import click
+
+from .data import DataLayoutError
+from .train import METHODS, TrainConfig, TrainError
+
+__all__ = ["train", "eval_command"]
+
+# Help for each TrainConfig field; the flags themselves are generated from the dataclass, defaults included.
+TRAIN_HELP = {
+    "data": "Training data root (folder layouts: ForenSynths, GenImage, real/fake) or a CSV manifest.",
+    "out": "Run folder to create.",
+    "method": "probe (linear probe), lora (LoRA + head) or dgs (DGS-Net: probe, then LoRA with gradient surgery).",
+    "arch": "open_clip model name, e.g. ViT-L-14, ViT-B-16, or dgs-tiny-vit.",
+    "pretrained": "open_clip pretrained tag (openai), a local checkpoint path, or none.",
+    "val": "Validation data root, scored after every epoch.",
+    "split": "Only images under a folder of this name in --data (e.g. train for GenImage).",
+    "val_split": "Only images under a folder of this name in --val (e.g. val for GenImage).",
+    "epochs": "Epochs of the method's own stage [default: probe 3, lora 1, dgs 1].",
+    "probe_epochs": "DGS-Net stage-1 probe epochs.",
+    "batch_size": "Images per batch.",
+    "accumulate": "Batches whose gradients are summed per optimizer step.",
+    "lr": "Adam learning rate.",
+    "beta1": "Adam beta1.",
+    "beta2": "Adam beta2.",
+    "lora_rank": "LoRA rank r.",
+    "lora_alpha": "LoRA alpha (updates scaled by alpha / r).",
+    "lora_dropout": "Dropout on the input of the LoRA path.",
+    "lora_targets": "Comma-separated projections to adapt, of q, k, v.",
+    "lora_blocks": "Comma-separated vision block indices to adapt, or all.",
+    "help_weight": "lambda, weight of DGS-Net's prior-alignment loss.",
+    "captions": "JSON file mapping image paths to captions (DGS-Net's text branch).",
+    "caption_template": "Caption for images without one; {label} becomes real or fake.",
+    "preprocess": "patch-select (DGS-Net) or clip.",
+    "hflip": "Random horizontal flips at train time.",
+    "device": "auto, cpu, cuda or cuda:N.",
+    "workers": "DataLoader worker processes that decode images.",
+    "seed": "Seed of data order, augmentation and initialisation.",
+    "save_every": "Also checkpoint every N optimizer steps (0: at the end of each epoch only).",
+    "tensorboard": "Also write a TensorBoard log (needs tensorboard installed).",
+}
+
+
+def _train_options(command):
+    """Add one click option per TrainConfig field, typed and defaulted from the dataclass."""
+    hints = typing.get_type_hints(TrainConfig)
+    for field in reversed(dataclasses.fields(TrainConfig)):
+        flag = "--" + field.name.replace("_", "-")
+        hint = hints[field.name]
+        required = field.default is dataclasses.MISSING
+        base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+        kwargs = {"help": TRAIN_HELP[field.name], "show_default": not required and field.default is not None}
+        if base is bool:
+            option = click.option(f"{flag}/--no-{flag[2:]}", field.name, default=field.default, **kwargs)
+        elif field.name == "method":
+            option = click.option(flag, field.name, type=click.Choice(METHODS), default=field.default, **kwargs)
+        else:
+            default = None if required else field.default
+            option = click.option(flag, field.name, type=base, default=default, required=False, **kwargs)
+        command = option(command)
+    return command
+
+
+def _fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.command()
+@_train_options
+@click.option("--resume", "resume_run", type=click.Path(file_okay=False),
+              help="Continue an interrupted run from its last checkpoint (its config.json is used).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def train(resume_run, progress, **fields) -> None:
+    """Train a detector into a run folder (config, checkpoints, metrics)."""
+    from .train import fit
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if resume_run:
+            record = json.loads((Path(resume_run) / "config.json").read_text())
+            config = TrainConfig(**record["config"])
+        else:
+            if not fields["data"] or not fields["out"]:
+                _fail("--data and --out are required (or --resume RUN)")
+            config = TrainConfig(**fields)
+        run = fit(config, resume=bool(resume_run), progress=progress)
+    except (TrainError, DataLayoutError, ValueError, OSError) as e:
+        _fail(str(e))
+    click.echo(f"run written to {run}", err=True)
+
+
+@click.command("eval")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", required=True, help="Labelled data root or CSV manifest to evaluate on.")
+@click.option("--split", help="Only images under a folder of this name (e.g. val).")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="Decision threshold [default: the run's calibrated threshold, else 0.5].")
+@click.option("--calibrate", is_flag=True,
+              help="Choose the threshold that maximises balanced accuracy on --data and store it in the run "
+                   "(use validation data, never the test set).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the metrics as JSON here.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
+def eval_command(run, data, split, threshold, calibrate, json_out, batch_size, device, workers) -> None:
+    """Accuracy, real/fake accuracy, AP and ROC-AUC of a run, per generator and on average."""
+    from .eval_run import EvalConfig, evaluate_run
+    from .evaluate import format_table
+
+    config = EvalConfig(run=run, data=data, split=split, threshold=threshold, calibrate=calibrate,
+                        batch_size=batch_size, device=device, workers=workers)
+    try:
+        report = evaluate_run(config)
+    except (TrainError, DataLayoutError, ValueError, OSError) as e:
+        _fail(str(e))
+    click.echo(format_table(report["metrics"]))
+    click.echo(f"threshold {report['threshold']:.4f} ({report['threshold_source']}); "
+               f"oracle threshold on this data {report['oracle_threshold']:.4f} "
+               f"(balanced accuracy {report['oracle_balanced_accuracy']:.4f})")
+    if report["unreadable"]:
+        click.echo(f"{report['unreadable']} unreadable images were skipped", err=True)
+    if json_out:
+        Path(json_out).write_text(json.dumps(report, indent=2))

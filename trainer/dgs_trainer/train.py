@@ -1,0 +1,437 @@
+"""Training runs: a run folder with the resolved config, safetensors checkpoints, metrics and resumption.
+
+Run folder::
+
+    RUN/
+    ├── config.json              the resolved `TrainConfig`, preprocessing spec and provenance
+    ├── metrics.jsonl            one JSON line per optimizer step and per validation
+    ├── checkpoints/last.safetensors   trained tensors, optimizer state, position (stage, epoch, batch)
+    ├── probe.safetensors        DGS-Net's stage-1 probe head (dgs method only)
+    └── model.safetensors        the trained tensors of the finished run (LoRA, heads)
+
+Only trained tensors are stored; the frozen backbone comes from ``arch`` and ``pretrained`` again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from dgs_sdk.preprocess import PreprocessSpec
+
+from .captions import DEFAULT_CAPTION_TEMPLATE, load_captions
+from .data import FAKE, REAL, Sample, load_samples
+from .dataset import ImageDataset, collate_skipping_unreadable
+from .evaluate import metrics_by_generator, predict_samples
+from .lora import PROJECTIONS, LoRAConfig
+from .methods.dgs import DGSNet
+from .methods.lora import LoRAClassifier
+from .methods.probe import LinearProbe
+from .models import create_clip
+
+__all__ = ["METHODS", "TrainConfig", "TrainError", "fit", "load_run", "build_method", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+METHODS = ("probe", "lora", "dgs")
+# Epochs of each stage when --epochs is not given: DGS-Net's published schedule.
+DEFAULT_EPOCHS = {"probe": 3, "lora": 1, "dgs": 1}
+TRAINED_HEADS = ("head", "img_fc", "text_fc", "probe_fc")
+
+
+class TrainError(ValueError):
+    """A training run cannot start or continue; the message says why."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; `dgs train` fills it from its flags.
+
+    Defaults are DGS-Net's published settings (ViT-L/14 `openai`, LoRA r = alpha = 6 with dropout 0.8 on q, k, v
+    of every vision block, Adam lr 1e-4, batch 32, probe 3 epochs then surgery 1 epoch, lambda = 0.2,
+    patch-select preprocessing with horizontal flips).
+    """
+
+    data: str
+    out: str
+    method: str = "dgs"
+    arch: str = "ViT-L-14"
+    pretrained: str = "openai"
+    val: str | None = None
+    split: str | None = None
+    val_split: str | None = None
+    epochs: int | None = None
+    probe_epochs: int = 3
+    batch_size: int = 32
+    accumulate: int = 1
+    lr: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    lora_rank: int = 6
+    lora_alpha: float = 6.0
+    lora_dropout: float = 0.8
+    lora_targets: str = "q,k,v"
+    lora_blocks: str = "all"
+    help_weight: float = 0.2
+    captions: str | None = None
+    caption_template: str = DEFAULT_CAPTION_TEMPLATE
+    preprocess: str = "patch-select"
+    hflip: bool = True
+    device: str = "auto"
+    workers: int = 2
+    seed: int = 0
+    save_every: int = 0
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise TrainError(f"method {self.method!r} is unknown (expected one of {', '.join(METHODS)})")
+        for name in ("batch_size", "accumulate", "probe_epochs", "lora_rank"):
+            if getattr(self, name) < 1:
+                raise TrainError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.epochs is not None and self.epochs < 1:
+            raise TrainError(f"epochs must be at least 1, got {self.epochs}")
+
+    def lora(self) -> LoRAConfig:
+        targets = tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
+        blocks = None if self.lora_blocks == "all" else tuple(int(b) for b in self.lora_blocks.split(","))
+        try:
+            return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, targets or PROJECTIONS, blocks)
+        except ValueError as e:
+            raise TrainError(str(e)) from None
+
+    def stages(self) -> list[tuple[str, int]]:
+        """(stage, epochs) in order: dgs trains a probe first, the others train themselves."""
+        if self.method == "dgs":
+            return [("probe", self.probe_epochs), ("dgs", self.epochs or DEFAULT_EPOCHS["dgs"])]
+        return [(self.method, self.epochs or DEFAULT_EPOCHS[self.method])]
+
+    def preprocess_spec(self, image_size: int) -> PreprocessSpec:
+        if self.preprocess == "patch-select":
+            return PreprocessSpec.patch_select(size=image_size)
+        if self.preprocess == "clip":
+            return PreprocessSpec.clip(size=image_size)
+        raise TrainError(f"preprocess {self.preprocess!r} is unknown (expected patch-select or clip)")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when present, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError(f"device {device!r} asked for, but torch sees no CUDA device")
+    return resolved
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def trained_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a run trains (LoRA factors, heads); the frozen backbone is left out."""
+    return {
+        key: value.detach().cpu().contiguous()
+        for key, value in module.state_dict().items()
+        if "lora_A" in key or "lora_B" in key or key.split(".")[0] in TRAINED_HEADS
+    }
+
+
+def load_trained_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    expected = set(trained_state(module))
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise TrainError(f"{source}: does not fit this model (missing {missing[:4]}, unexpected {extra[:4]})")
+    module.load_state_dict(state, strict=False)
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
+    state = optimizer.state_dict()
+    tensors = {
+        f"optimizer.{index}.{name}": value.detach().cpu().contiguous()
+        for index, slots in state["state"].items()
+        for name, value in slots.items()
+    }
+    return tensors, json.dumps(state["param_groups"])
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: str) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(groups)})
+
+
+def build_method(
+    stage: str,
+    config: TrainConfig,
+    clip: nn.Module,
+    probe_head: nn.Linear | None = None,
+    caption_tokens: torch.Tensor | None = None,
+) -> nn.Module:
+    """The module trained in ``stage``; every method has ``training_loss``, ``trainable_parameters`` and
+    ``inference_model``."""
+    dim = clip.visual.output_dim
+    if stage == "probe":
+        return LinearProbe(clip.visual, dim)
+    if stage == "lora":
+        return LoRAClassifier(clip.visual, config.lora())
+    if probe_head is None:
+        probe_head = nn.Linear(dim, 1)  # filled from the run's probe.safetensors by the caller
+    return DGSNet(clip, probe_head, config.lora(), config.help_weight, caption_tokens)
+
+
+class _MetricsLog:
+    def __init__(self, run: Path, tensorboard: bool) -> None:
+        self.file = open(run / "metrics.jsonl", "a", encoding="utf-8")
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                log.warning("tensorboard is not installed (pip install tensorboard); no TensorBoard log is written")
+            else:
+                self.writer = SummaryWriter(str(run / "tensorboard"))
+
+    def write(self, record: dict[str, Any], step: int) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+                    self.writer.add_scalar(f"{record.get('kind', 'train')}/{key}", value, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _check_classes(samples: list[Sample], root: str) -> None:
+    labels = {s.label for s in samples}
+    for label, name in ((REAL, "real"), (FAKE, "fake")):
+        if label not in labels:
+            raise TrainError(f"{root}: no {name} images found; training needs both real and fake images")
+
+
+def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Train a run described by ``config`` into ``config.out``; with ``resume``, continue it from its last
+    checkpoint (config, data order and optimizer state included). Returns the run folder."""
+    run = Path(config.out)
+    checkpoint_path = run / "checkpoints" / "last.safetensors"
+    position = {"stage": 0, "epoch": 0, "batch": 0, "step": 0}
+    resumed: dict[str, torch.Tensor] = {}
+    groups = ""
+    if resume:
+        if not checkpoint_path.exists():
+            raise TrainError(f"{run}: no checkpoint to resume from ({checkpoint_path} is missing)")
+        from safetensors import safe_open
+
+        with safe_open(str(checkpoint_path), "pt") as f:
+            meta = f.metadata()
+        resumed = load_file(str(checkpoint_path))
+        position = json.loads(meta["position"])
+        groups = meta["param_groups"]
+        if position["stage"] >= len(config.stages()):
+            raise TrainError(f"{run}: this run has already finished")
+        log.info("resuming %s at stage %d, epoch %d, batch %d", run, position["stage"], position["epoch"],
+                 position["batch"])
+    elif checkpoint_path.exists():
+        raise TrainError(f"{run}: already holds a run; use --resume {run} to continue it, or another --out")
+
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    samples = load_samples(config.data, config.split)
+    _check_classes(samples, config.data)
+    val_samples = load_samples(config.val, config.val_split) if config.val else None
+    try:
+        clip = create_clip(config.arch, config.pretrained, device=str(device))
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+    image_size = clip.visual.image_size
+    spec = config.preprocess_spec(image_size[0] if isinstance(image_size, (tuple, list)) else image_size)
+
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "checkpoints").mkdir(exist_ok=True)
+    if not resume:
+        record = {
+            "config": dataclasses.asdict(config),
+            "preprocess": spec.to_dict(),
+            "provenance": {
+                "data_root": Path(config.data).name,
+                "images": len(samples),
+                "git_revision": _git_revision(),
+                "torch": torch.__version__,
+            },
+        }
+        (run / "config.json").write_text(json.dumps(record, indent=2))
+
+    caption_tokens = None
+    if config.method == "dgs":
+        import open_clip
+
+        captions = load_captions(samples, config.data, config.captions, config.caption_template)
+        caption_tokens = open_clip.get_tokenizer(config.arch)(captions).to(device)
+
+    dataset = ImageDataset(samples, spec, train=True, seed=config.seed, hflip=config.hflip)
+    autocast = device.type == "cuda"
+    metrics = _MetricsLog(run, config.tensorboard)
+    probe_head: nn.Linear | None = None
+    try:
+        for stage_index, (stage, epochs) in enumerate(config.stages()):
+            if stage_index < position["stage"]:
+                if stage == "probe":
+                    probe_head = _load_probe(run, clip.visual.output_dim)
+                continue
+            method = build_method(stage, config, clip, probe_head, caption_tokens).to(device)
+            if config.method == "dgs" and stage == "dgs":
+                method.probe_fc.requires_grad_(False)
+            optimizer = torch.optim.Adam(
+                method.trainable_parameters(), lr=config.lr, betas=(config.beta1, config.beta2)
+            )
+            if resumed and stage_index == position["stage"]:
+                load_trained_state(method, {k: v for k, v in resumed.items() if not k.startswith(("optimizer.",
+                                   "rng."))}, str(checkpoint_path))
+                _restore_optimizer(optimizer, resumed, groups)
+                if "rng.torch" in resumed:
+                    torch.set_rng_state(resumed["rng.torch"])
+            start_epoch = position["epoch"] if stage_index == position["stage"] else 0
+            for epoch in range(start_epoch, epochs):
+                start_batch = position["batch"] if (stage_index, epoch) == (position["stage"], position["epoch"]) else 0
+                position = _train_epoch(
+                    method, optimizer, dataset, config, stage, stage_index, epoch, epochs, start_batch,
+                    position["step"], device, autocast, metrics, checkpoint_path, progress,
+                )
+                position = {"stage": stage_index, "epoch": epoch + 1, "batch": 0, "step": position["step"]}
+                _save_checkpoint(method, optimizer, checkpoint_path, position)
+                if val_samples:
+                    scores = _validate(method, val_samples, spec, config, device)
+                    metrics.write({"kind": "val", "stage": stage, "epoch": epoch + 1, **scores}, position["step"])
+            if stage == "probe" and config.method == "dgs":
+                _atomic_save(trained_state(method), run / "probe.safetensors")
+                probe_head = _load_probe(run, clip.visual.output_dim)
+            position = {"stage": stage_index + 1, "epoch": 0, "batch": 0, "step": position["step"]}
+            _save_checkpoint(method, optimizer, checkpoint_path, position)
+        _atomic_save(trained_state(method), run / "model.safetensors")
+    finally:
+        metrics.close()
+    return run
+
+
+def _load_probe(run: Path, dim: int) -> nn.Linear:
+    head = nn.Linear(dim, 1)
+    state = load_file(str(run / "probe.safetensors"))
+    head.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items()})
+    return head
+
+
+def _save_checkpoint(method: nn.Module, optimizer, path: Path, position: dict[str, int]) -> None:
+    tensors = trained_state(method)
+    optimizer_tensors, groups = _optimizer_tensors(optimizer)
+    tensors.update(optimizer_tensors)
+    tensors["rng.torch"] = torch.get_rng_state()
+    _atomic_save(tensors, path, {"position": json.dumps(position), "param_groups": groups})
+
+
+def _train_epoch(method, optimizer, dataset, config, stage, stage_index, epoch, epochs, start_batch, step,
+                 device, autocast, metrics, checkpoint_path, progress) -> dict[str, int]:
+    method.train()
+    dataset.set_epoch(epoch)
+    order = np.random.default_rng((config.seed, stage_index, epoch)).permutation(len(dataset))
+    remaining = order[start_batch * config.batch_size :].tolist()
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=remaining,
+        num_workers=config.workers,
+        collate_fn=collate_skipping_unreadable,
+        pin_memory=device.type == "cuda",
+        # Worker seeds come from this generator, not the global one, so a resumed run draws the same dropout.
+        generator=torch.Generator().manual_seed(config.seed * 1_000_003 + stage_index * 1_009 + epoch),
+    )
+    batches_total = -(-len(dataset) // config.batch_size)
+    bar = tqdm(total=batches_total, initial=start_batch, desc=f"{stage} {epoch + 1}/{epochs}", unit="batch",
+               disable=not progress, dynamic_ncols=True)
+    batch_index, skipped, started = start_batch, 0, time.perf_counter()
+    seen = 0
+    optimizer.zero_grad(set_to_none=True)
+    with bar:
+        for micro, batch in enumerate(loader, start=1):
+            batch_index += 1
+            skipped += batch["skipped"]
+            if "image" in batch:
+                images, labels = batch["image"].to(device), batch["label"].to(device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    loss, logs = method.training_loss(images, labels, batch["index"].to(device))
+                (loss / config.accumulate).backward()
+                seen += len(images)
+            if micro % config.accumulate == 0 or batch_index == batches_total:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                rate = seen / max(time.perf_counter() - started, 1e-9)
+                if "image" in batch:
+                    metrics.write({"kind": "train", "stage": stage, "epoch": epoch, "step": step, **logs,
+                                   "images_per_s": rate}, step)
+                    bar.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{rate:.1f}")
+                if config.save_every and step % config.save_every == 0:
+                    _save_checkpoint(method, optimizer, checkpoint_path,
+                                     {"stage": stage_index, "epoch": epoch, "batch": batch_index, "step": step})
+            bar.update(1)
+    if skipped:
+        log.warning("%s epoch %d: %d unreadable images were skipped", stage, epoch + 1, skipped)
+    return {"stage": stage_index, "epoch": epoch, "batch": batch_index, "step": step}
+
+
+def _validate(method, samples, spec, config, device) -> dict[str, Any]:
+    probabilities, _ = predict_samples(method, samples, spec, config.batch_size, device, config.workers)
+    return {"mean": metrics_by_generator(samples, probabilities, 0.5)["mean"]}
+
+
+def load_run(run: str | os.PathLike, device: str = "cpu") -> tuple[TrainConfig, PreprocessSpec, nn.Module, dict]:
+    """A finished run's config, preprocessing spec, trained network (logit of "fake") and config.json record.
+
+    Raises:
+        TrainError: the folder is not a finished run.
+    """
+    run = Path(run)
+    for needed in ("config.json", "model.safetensors"):
+        if not (run / needed).exists():
+            raise TrainError(f"{run}: not a finished training run ({needed} is missing)")
+    record = json.loads((run / "config.json").read_text())
+    config = TrainConfig(**record["config"])
+    spec = PreprocessSpec.from_dict(record["preprocess"])
+    clip = create_clip(config.arch, config.pretrained, device=device)
+    stage = config.stages()[-1][0]
+    probe_head = _load_probe(run, clip.visual.output_dim) if stage == "dgs" else None
+    method = build_method(stage, config, clip, probe_head)
+    load_trained_state(method, load_file(str(run / "model.safetensors")), str(run / "model.safetensors"))
+    return config, spec, method.to(device).eval(), record
