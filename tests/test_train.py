@@ -136,3 +136,15 @@ def test_bad_training_input_gives_clear_errors(tmp_path, dataset):
     empty = runner.invoke(main, [*base, "--data", str(only_real), "--out", str(tmp_path / "r3")])
     assert empty.exit_code == 2 and "no fake images found" in empty.output
     assert "Traceback" not in missing.output + arch.output + empty.output
+
+
+def test_gradient_accumulation_equals_a_bigger_batch(tmp_path, dataset):
+    """Two accumulated batches of 2 take the same optimizer steps as batches of 4 (probe: no dropout)."""
+    big = fit(tiny_config(dataset, tmp_path / "big", method="probe", batch_size=4), progress=False)
+    accumulated = fit(tiny_config(dataset, tmp_path / "acc", method="probe", batch_size=2, accumulate=2),
+                      progress=False)
+    a, b = load_file(str(big / "model.safetensors")), load_file(str(accumulated / "model.safetensors"))
+    steps = [json.loads(line) for line in (accumulated / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == 6
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
