@@ -138,6 +138,16 @@ def test_bad_training_input_gives_clear_errors(tmp_path, dataset):
     assert "Traceback" not in missing.output + arch.output + empty.output
 
 
+def test_tensorboard_log_is_written_when_asked(tmp_path, dataset):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = fit(tiny_config(dataset, tmp_path / "tb", method="probe", tensorboard=True), progress=False)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert len(events.Scalars("train/loss")) == 6
+
+
 def test_gradient_accumulation_equals_a_bigger_batch(tmp_path, dataset):
     """Two accumulated batches of 2 take the same optimizer steps as batches of 4 (probe: no dropout)."""
     big = fit(tiny_config(dataset, tmp_path / "big", method="probe", batch_size=4), progress=False)
