@@ -9,6 +9,7 @@ plain `nn.MultiheadAttention` back, so export sees an ordinary CLIP encoder.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LoRAConfig", "LoRAAttention", "apply_lora", "merge_lora", "lora_parameters"]
+__all__ = ["LoRAConfig", "LoRAAttention", "apply_lora", "merge_lora", "merged_copy", "lora_parameters"]
 
 PROJECTIONS = ("q", "k", "v")
 
@@ -146,6 +147,13 @@ def merge_lora(visual: nn.Module) -> int:
             lora.base.in_proj_weight += lora.delta_weight().to(lora.base.in_proj_weight.dtype)
             block.attn = lora.base
             merged += 1
+    return merged
+
+
+def merged_copy(visual: nn.Module) -> nn.Module:
+    """A copy of ``visual`` with its LoRA updates merged in: a plain open_clip encoder."""
+    merged = copy.deepcopy(visual)
+    merge_lora(merged)
     return merged
 
 

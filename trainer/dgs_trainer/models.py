@@ -64,6 +64,13 @@ class ClipImageDetector(nn.Module):
         self.visual = visual
         self.head = nn.Linear(embed_dim, 1)
 
+    @classmethod
+    def from_parts(cls, visual: nn.Module, head: nn.Linear) -> ClipImageDetector:
+        """An eval-mode detector of ``visual`` with a copy of a trained ``head``."""
+        detector = cls(visual, head.in_features)
+        detector.head.load_state_dict(head.state_dict())
+        return detector.eval()
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         features = self.visual(image)  # [B, D]
         return self.head(features).squeeze(-1)

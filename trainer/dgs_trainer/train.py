@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -34,6 +34,15 @@ from tqdm import tqdm
 from dgs_sdk.preprocess import PreprocessSpec
 
 from .captions import DEFAULT_CAPTION_TEMPLATE, load_captions
+from .checkpoint import (
+    atomic_save,
+    load_head,
+    load_trained_state,
+    read_checkpoint,
+    restore_optimizer,
+    save_checkpoint,
+    trained_state,
+)
 from .data import FAKE, REAL, Sample, load_samples
 from .dataset import ImageDataset, collate_skipping_unreadable
 from .evaluate import metrics_by_generator, predict_samples
@@ -50,7 +59,6 @@ log = logging.getLogger(__name__)
 METHODS = ("probe", "lora", "dgs")
 # Epochs of each stage when --epochs is not given: DGS-Net's published schedule.
 DEFAULT_EPOCHS = {"probe": 3, "lora": 1, "dgs": 1}
-TRAINED_HEADS = ("head", "img_fc", "text_fc", "probe_fc")
 
 
 class TrainError(ValueError):
@@ -148,48 +156,6 @@ def _git_revision() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def trained_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors a run trains (LoRA factors, heads); the frozen backbone is left out."""
-    return {
-        key: value.detach().cpu().contiguous()
-        for key, value in module.state_dict().items()
-        if "lora_A" in key or "lora_B" in key or key.split(".")[0] in TRAINED_HEADS
-    }
-
-
-def load_trained_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    expected = set(trained_state(module))
-    if set(state) != expected:
-        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-        raise TrainError(f"{source}: does not fit this model (missing {missing[:4]}, unexpected {extra[:4]})")
-    module.load_state_dict(state, strict=False)
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
-    state = optimizer.state_dict()
-    tensors = {
-        f"optimizer.{index}.{name}": value.detach().cpu().contiguous()
-        for index, slots in state["state"].items()
-        for name, value in slots.items()
-    }
-    return tensors, json.dumps(state["param_groups"])
-
-
-def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: str) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": json.loads(groups)})
-
-
 def build_method(
     stage: str,
     config: TrainConfig,
@@ -253,13 +219,7 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Pat
     if resume:
         if not checkpoint_path.exists():
             raise TrainError(f"{run}: no checkpoint to resume from ({checkpoint_path} is missing)")
-        from safetensors import safe_open
-
-        with safe_open(str(checkpoint_path), "pt") as f:
-            meta = f.metadata()
-        resumed = load_file(str(checkpoint_path))
-        position = json.loads(meta["position"])
-        groups = meta["param_groups"]
+        resumed, position, groups = read_checkpoint(checkpoint_path)
         if position["stage"] >= len(config.stages()):
             raise TrainError(f"{run}: this run has already finished")
         log.info("resuming %s at stage %d, epoch %d, batch %d", run, position["stage"], position["epoch"],
@@ -309,7 +269,7 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Pat
         for stage_index, (stage, epochs) in enumerate(config.stages()):
             if stage_index < position["stage"]:
                 if stage == "probe":
-                    probe_head = _load_probe(run, clip.visual.output_dim)
+                    probe_head = load_head(run / "probe.safetensors", clip.visual.output_dim)
                 continue
             method = build_method(stage, config, clip, probe_head, caption_tokens).to(device)
             if config.method == "dgs" and stage == "dgs":
@@ -320,7 +280,7 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Pat
             if resumed and stage_index == position["stage"]:
                 load_trained_state(method, {k: v for k, v in resumed.items() if not k.startswith(("optimizer.",
                                    "rng."))}, str(checkpoint_path))
-                _restore_optimizer(optimizer, resumed, groups)
+                restore_optimizer(optimizer, resumed, groups)
                 if "rng.torch" in resumed:
                     torch.set_rng_state(resumed["rng.torch"])
             start_epoch = position["epoch"] if stage_index == position["stage"] else 0
@@ -331,34 +291,19 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Pat
                     position["step"], device, autocast, metrics, checkpoint_path, progress,
                 )
                 position = {"stage": stage_index, "epoch": epoch + 1, "batch": 0, "step": position["step"]}
-                _save_checkpoint(method, optimizer, checkpoint_path, position)
+                save_checkpoint(method, optimizer, checkpoint_path, position)
                 if val_samples:
                     scores = _validate(method, val_samples, spec, config, device)
                     metrics.write({"kind": "val", "stage": stage, "epoch": epoch + 1, **scores}, position["step"])
             if stage == "probe" and config.method == "dgs":
-                _atomic_save(trained_state(method), run / "probe.safetensors")
-                probe_head = _load_probe(run, clip.visual.output_dim)
+                atomic_save(trained_state(method), run / "probe.safetensors")
+                probe_head = load_head(run / "probe.safetensors", clip.visual.output_dim)
             position = {"stage": stage_index + 1, "epoch": 0, "batch": 0, "step": position["step"]}
-            _save_checkpoint(method, optimizer, checkpoint_path, position)
-        _atomic_save(trained_state(method), run / "model.safetensors")
+            save_checkpoint(method, optimizer, checkpoint_path, position)
+        atomic_save(trained_state(method), run / "model.safetensors")
     finally:
         metrics.close()
     return run
-
-
-def _load_probe(run: Path, dim: int) -> nn.Linear:
-    head = nn.Linear(dim, 1)
-    state = load_file(str(run / "probe.safetensors"))
-    head.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items()})
-    return head
-
-
-def _save_checkpoint(method: nn.Module, optimizer, path: Path, position: dict[str, int]) -> None:
-    tensors = trained_state(method)
-    optimizer_tensors, groups = _optimizer_tensors(optimizer)
-    tensors.update(optimizer_tensors)
-    tensors["rng.torch"] = torch.get_rng_state()
-    _atomic_save(tensors, path, {"position": json.dumps(position), "param_groups": groups})
 
 
 def _train_epoch(method, optimizer, dataset, config, stage, stage_index, epoch, epochs, start_batch, step,
@@ -403,7 +348,7 @@ def _train_epoch(method, optimizer, dataset, config, stage, stage_index, epoch, 
                                    "images_per_s": rate}, step)
                     bar.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{rate:.1f}")
                 if config.save_every and step % config.save_every == 0:
-                    _save_checkpoint(method, optimizer, checkpoint_path,
+                    save_checkpoint(method, optimizer, checkpoint_path,
                                      {"stage": stage_index, "epoch": epoch, "batch": batch_index, "step": step})
             bar.update(1)
     if skipped:
@@ -431,7 +376,7 @@ def load_run(run: str | os.PathLike, device: str = "cpu") -> tuple[TrainConfig, 
     spec = PreprocessSpec.from_dict(record["preprocess"])
     clip = create_clip(config.arch, config.pretrained, device=device)
     stage = config.stages()[-1][0]
-    probe_head = _load_probe(run, clip.visual.output_dim) if stage == "dgs" else None
+    probe_head = load_head(run / "probe.safetensors", clip.visual.output_dim) if stage == "dgs" else None
     method = build_method(stage, config, clip, probe_head)
     load_trained_state(method, load_file(str(run / "model.safetensors")), str(run / "model.safetensors"))
     return config, spec, method.to(device).eval(), record

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..lora import LoRAConfig, apply_lora, lora_parameters, merge_lora
+from ..lora import LoRAConfig, apply_lora, lora_parameters, merged_copy
 from ..models import ClipImageDetector
 
 __all__ = ["DGSLosses", "DGSNet", "project_off"]
@@ -115,8 +115,4 @@ class DGSNet(nn.Module):
 
     def inference_model(self) -> ClipImageDetector:
         """The deployable network: the student with LoRA merged into its weights and img_fc as head."""
-        visual = copy.deepcopy(self.student)
-        merge_lora(visual)
-        detector = ClipImageDetector(visual, self.img_fc.in_features)
-        detector.head.load_state_dict(self.img_fc.state_dict())
-        return detector.eval()
+        return ClipImageDetector.from_parts(merged_copy(self.student), self.img_fc)

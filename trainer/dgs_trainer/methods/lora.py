@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..lora import LoRAConfig, apply_lora, lora_parameters, merge_lora
+from ..lora import LoRAConfig, apply_lora, lora_parameters, merged_copy
 from ..models import ClipImageDetector
 
 __all__ = ["LoRAClassifier"]
@@ -34,8 +34,4 @@ class LoRAClassifier(nn.Module):
         return loss, {"loss": loss.item()}
 
     def inference_model(self) -> ClipImageDetector:
-        visual = copy.deepcopy(self.student)
-        merge_lora(visual)
-        detector = ClipImageDetector(visual, self.img_fc.in_features)
-        detector.head.load_state_dict(self.img_fc.state_dict())
-        return detector.eval()
+        return ClipImageDetector.from_parts(merged_copy(self.student), self.img_fc)

@@ -35,6 +35,4 @@ class LinearProbe(ClipImageDetector):
         return loss, {"loss": loss.item()}
 
     def inference_model(self) -> ClipImageDetector:
-        detector = ClipImageDetector(self.visual, self.head.in_features)
-        detector.head.load_state_dict(self.head.state_dict())
-        return detector.eval()
+        return ClipImageDetector.from_parts(self.visual, self.head)
