@@ -108,3 +108,33 @@ def bomb_png(width: int, height: int, rows: int = 4) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # depth 8, grey, deflate, no filter, no interlace
     idat = zlib.compress(b"\x00" * (width + 1) * rows, 9)  # each row: filter byte 0 + zero pixels
     return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+    """Two generators in ForenSynths layout: real photo crops, and fakes that are crops blown up from 1/4 size."""
+    from dgs_trainer.samples import sample_photos
+
+    root = tmp_path_factory.mktemp("data") / "train set"
+    rng = np.random.default_rng(0)
+    photos = list(sample_photos().values())
+    for generator in ("blocky", "smooth"):
+        for i in range(6):
+            photo = photos[i % len(photos)]
+            top, left = rng.integers(0, photo.shape[0] - 160), rng.integers(0, photo.shape[1] - 160)
+            crop = np.ascontiguousarray(photo[top : top + 160, left : left + 160])
+            write_image(root / generator / "0_real" / f"{i}.png", crop)
+            small = cv2.resize(crop, (40, 40), interpolation=cv2.INTER_AREA)
+            mode = cv2.INTER_NEAREST if generator == "blocky" else cv2.INTER_LINEAR
+            write_image(root / generator / "1_fake" / f"{i}.png", cv2.resize(small, (160, 160), interpolation=mode))
+    return root
+
+
+def tiny_config(data: Path, out: Path, **overrides):
+    """A CPU training config on `dgs-tiny-vit` with random weights."""
+    from dgs_trainer.train import TrainConfig
+
+    fields = dict(data=str(data), out=str(out), arch="dgs-tiny-vit", pretrained="none", batch_size=4,
+                  workers=0, device="cpu", probe_epochs=1, epochs=1, lr=1e-3)
+    fields.update(overrides)
+    return TrainConfig(**fields)

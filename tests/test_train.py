@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -14,37 +12,10 @@ torch = pytest.importorskip("torch")
 from click.testing import CliRunner  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from conftest import write_image  # noqa: E402
+from conftest import tiny_config, write_image  # noqa: E402
 from dgs_sdk.cli import main  # noqa: E402
 from dgs_trainer.eval_run import EvalConfig, evaluate_run  # noqa: E402
-from dgs_trainer.train import TrainConfig, TrainError, fit, load_run  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    """Two generators in ForenSynths layout: real photo crops, and fakes that are crops blown up from 1/4 size."""
-    from dgs_trainer.samples import sample_photos
-
-    root = tmp_path_factory.mktemp("data") / "train set"
-    rng = np.random.default_rng(0)
-    photos = list(sample_photos().values())
-    for generator in ("blocky", "smooth"):
-        for i in range(6):
-            photo = photos[i % len(photos)]
-            top, left = rng.integers(0, photo.shape[0] - 160), rng.integers(0, photo.shape[1] - 160)
-            crop = np.ascontiguousarray(photo[top : top + 160, left : left + 160])
-            write_image(root / generator / "0_real" / f"{i}.png", crop)
-            small = cv2.resize(crop, (40, 40), interpolation=cv2.INTER_AREA)
-            mode = cv2.INTER_NEAREST if generator == "blocky" else cv2.INTER_LINEAR
-            write_image(root / generator / "1_fake" / f"{i}.png", cv2.resize(small, (160, 160), interpolation=mode))
-    return root
-
-
-def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
-    fields = dict(data=str(data), out=str(out), arch="dgs-tiny-vit", pretrained="none", batch_size=4,
-                  workers=0, device="cpu", probe_epochs=1, epochs=1, lr=1e-3)
-    fields.update(overrides)
-    return TrainConfig(**fields)
+from dgs_trainer.train import TrainError, fit, load_run  # noqa: E402
 
 
 @pytest.mark.parametrize("method", ["probe", "lora", "dgs"])

@@ -21,6 +21,7 @@ __all__ = ["main"]
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("dgs_trainer.cli", "train", "train"),
     "eval": ("dgs_trainer.cli", "eval_command", "train"),
+    "export": ("dgs_export.cli", "export_command", "export"),
 }
 
 

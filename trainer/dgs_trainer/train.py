@@ -7,9 +7,11 @@ Run folder::
     ├── metrics.jsonl            one JSON line per optimizer step and per validation
     ├── checkpoints/last.safetensors   trained tensors, optimizer state, position (stage, epoch, batch)
     ├── probe.safetensors        DGS-Net's stage-1 probe head (dgs method only)
+    ├── backbone.safetensors     the backbone, only when it was randomly initialised (--pretrained none)
     └── model.safetensors        the trained tensors of the finished run (LoRA, heads)
 
-Only trained tensors are stored; the frozen backbone comes from ``arch`` and ``pretrained`` again.
+Only trained tensors are stored; the frozen backbone comes from ``arch`` and ``pretrained`` again (a random
+one, ``--pretrained none``, is kept in the run since it cannot be rebuilt).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ __all__ = ["METHODS", "TrainConfig", "TrainError", "fit", "load_run", "build_met
 log = logging.getLogger(__name__)
 
 METHODS = ("probe", "lora", "dgs")
+BACKBONE_FILE = "backbone.safetensors"
 # Epochs of each stage when --epochs is not given: DGS-Net's published schedule.
 DEFAULT_EPOCHS = {"probe": 3, "lora": 1, "dgs": 1}
 
@@ -241,6 +244,7 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Pat
 
     run.mkdir(parents=True, exist_ok=True)
     (run / "checkpoints").mkdir(exist_ok=True)
+    _keep_random_backbone(clip, config, run, resume)
     if not resume:
         record = {
             "config": dataclasses.asdict(config),
@@ -361,6 +365,18 @@ def _validate(method, samples, spec, config, device) -> dict[str, Any]:
     return {"mean": metrics_by_generator(samples, probabilities, 0.5)["mean"]}
 
 
+def _keep_random_backbone(clip: nn.Module, config: TrainConfig, run: Path, resume: bool) -> None:
+    """A randomly initialised backbone (``--pretrained none``) cannot be rebuilt from its name: the run keeps it
+    in ``backbone.safetensors`` and every later load (resume, eval, export) reads it back."""
+    if str(config.pretrained).lower() != "none":
+        return
+    path = run / BACKBONE_FILE
+    if resume:
+        clip.load_state_dict(load_file(str(path), device=str(next(clip.parameters()).device)))
+    else:
+        atomic_save({k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}, path)
+
+
 def load_run(run: str | os.PathLike, device: str = "cpu") -> tuple[TrainConfig, PreprocessSpec, nn.Module, dict]:
     """A finished run's config, preprocessing spec, trained network (logit of "fake") and config.json record.
 
@@ -375,6 +391,7 @@ def load_run(run: str | os.PathLike, device: str = "cpu") -> tuple[TrainConfig, 
     config = TrainConfig(**record["config"])
     spec = PreprocessSpec.from_dict(record["preprocess"])
     clip = create_clip(config.arch, config.pretrained, device=device)
+    _keep_random_backbone(clip, config, run, resume=True)
     stage = config.stages()[-1][0]
     probe_head = load_head(run / "probe.safetensors", clip.visual.output_dim) if stage == "dgs" else None
     method = build_method(stage, config, clip, probe_head)

@@ -83,6 +83,8 @@ class OnnxRuntimeBackend(Backend):
             raise ModelPackageError(
                 f"{where} takes input of shape {shape}, but the manifest's preprocessing gives [B, 3, {size}, {size}]"
             )
+        # A graph exported with a fixed batch K takes exactly K images: run() splits and pads to it.
+        self._fixed_batch = shape[0] if isinstance(shape[0], int) else None
         used = self._session.get_providers()
         self._device = f"cuda:{index}" if used and used[0] == "CUDAExecutionProvider" else "cpu"
 
@@ -95,5 +97,14 @@ class OnnxRuntimeBackend(Backend):
         return self._session.get_providers()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        (logits,) = self._session.run([self._output], {self._input: np.ascontiguousarray(batch, np.float32)})
-        return np.asarray(logits, np.float32).reshape(len(batch))
+        batch = np.ascontiguousarray(batch, np.float32)
+        k = self._fixed_batch
+        if k is None or len(batch) == k:
+            (logits,) = self._session.run([self._output], {self._input: batch})
+            return np.asarray(logits, np.float32).reshape(len(batch))
+        out = []
+        for start in range(0, len(batch), k):
+            chunk = batch[start : start + k]
+            padded = np.concatenate([chunk, np.zeros((k - len(chunk), *chunk.shape[1:]), np.float32)])
+            out.append(self.run(padded)[: len(chunk)])
+        return np.concatenate(out) if out else np.zeros(0, np.float32)

@@ -1,0 +1,43 @@
+"""`dgs export`: a thin layer over `dgs_export.run_export`."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from dgs_sdk.errors import DgsError
+
+from .onnx_export import DEFAULT_OPSET, ParityError
+from .run_export import ExportConfig, export_run
+
+__all__ = ["export_command"]
+
+
+@click.command("export")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Model package to write (.dgs).")
+@click.option("--opset", type=click.IntRange(min=13), default=DEFAULT_OPSET, show_default=True, help="ONNX opset.")
+@click.option("--batch", default="dynamic", show_default=True, help="dynamic, or a fixed batch size K.")
+@click.option("--calib", type=click.Path(exists=True), help="Images to verify the export with [default: the run's "
+              "validation images, else its training images].")
+@click.option("--max-images", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Images used for the parity check.")
+def export_command(run, out, opset, batch, calib, max_images) -> None:
+    """Export a training run to a verified .dgs model package (ONNX + manifest).
+
+    The graph is the image encoder with LoRA merged in and the image head; its output is the logit of "fake".
+    ONNX Runtime must reproduce torch's probabilities on real images to 1e-4, else nothing is written.
+    """
+    from dgs_trainer.train import TrainError
+
+    config = ExportConfig(run=run, out=out, opset=opset, batch=batch, calib=calib, max_images=max_images)
+    try:
+        path = export_run(config)
+    except ParityError as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(1)
+    except (TrainError, DgsError, ValueError, OSError) as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(2)
+    click.echo(f"wrote {path}", err=True)

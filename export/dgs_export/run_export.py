@@ -1,0 +1,99 @@
+"""`dgs export`: a finished training run -> a verified `.dgs` model package."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dgs_sdk.errors import DgsError
+from dgs_sdk.image import load_image
+from dgs_sdk.scan import discover
+from dgs_trainer.data import load_samples
+from dgs_trainer.eval_run import CALIBRATION_FILE
+from dgs_trainer.train import load_run
+
+from .onnx_export import DEFAULT_OPSET, export_package
+
+__all__ = ["ExportConfig", "parity_images", "export_run"]
+
+
+@dataclass
+class ExportConfig:
+    """What `dgs export` takes."""
+
+    run: str
+    out: str
+    opset: int = DEFAULT_OPSET
+    batch: str = "dynamic"
+    calib: str | None = None
+    max_images: int = 32
+
+
+def parity_images(paths: list[str], limit: int) -> list[np.ndarray]:
+    """Up to ``limit`` decodable images spread evenly over ``paths`` (unreadable ones are passed over)."""
+    if len(paths) > limit:
+        paths = [paths[i] for i in np.linspace(0, len(paths) - 1, limit).round().astype(int)]
+    images = []
+    for path in paths:
+        try:
+            images.append(load_image(path))
+        except DgsError:
+            continue
+    return images
+
+
+def _image_paths(config: ExportConfig, train_config) -> tuple[list[str], str]:
+    if config.calib:
+        targets = [t.path for t in discover([config.calib]) if t.error is None]
+        return targets, config.calib
+    if train_config.val:
+        return [s.path for s in load_samples(train_config.val, train_config.val_split)], train_config.val
+    return [s.path for s in load_samples(train_config.data, train_config.split)], train_config.data
+
+
+def export_run(config: ExportConfig) -> Path:
+    """Export the run's inference network (LoRA merged, image head only) and write a verified package.
+
+    Parity images are the run's validation images, else its training images, or those under ``calib``.
+    """
+    if config.batch != "dynamic" and not (config.batch.isdigit() and int(config.batch) > 0):
+        raise ValueError(f"--batch must be 'dynamic' or a positive integer, got {config.batch!r}")
+    train_config, spec, method, record = load_run(config.run)
+    paths, source = _image_paths(config, train_config)
+    images = parity_images(paths, config.max_images)
+    if not images:
+        raise ValueError(f"{source}: no readable images to verify the export with (give some with --calib DIR)")
+    calibration = Path(config.run) / CALIBRATION_FILE
+    threshold, threshold_source = 0.5, "default"
+    if calibration.exists():
+        threshold, threshold_source = float(json.loads(calibration.read_text())["threshold"]), "calibrated"
+    provenance = dict(record.get("provenance", {}))
+    provenance.update({
+        "method": train_config.method,
+        "run": Path(config.run).resolve().name,
+        "stages": [f"{stage} x{epochs} epochs" for stage, epochs in train_config.stages()],
+        "parity_images": f"{len(images)} from {Path(source).name}",
+    })
+    architecture = {
+        "arch": train_config.arch,
+        "pretrained": train_config.pretrained,
+        "method": train_config.method,
+        "head": "linear",
+        "lora_merged": train_config.method != "probe",
+        "input_size": spec.size,
+    }
+    return export_package(
+        method.inference_model(),
+        config.out,
+        spec,
+        images,
+        threshold=threshold,
+        threshold_source=threshold_source,
+        architecture=architecture,
+        provenance=provenance,
+        opset=config.opset,
+        batch_size=None if config.batch == "dynamic" else int(config.batch),
+    )
