@@ -23,8 +23,8 @@ setup() {
 }
 
 case "${1:-}" in
-  demo)  setup; "$PY" examples/foundation_demo.py --workdir demo ;;
-  test)  setup; "$PY" -m ruff check sdk trainer export tests benchmarks examples; "$PY" -m pytest ;;
+  demo)  setup; "$VENV/bin/dgs" demo --workdir demo ;;
+  test)  setup; "$PY" -m ruff check sdk trainer export tests benchmarks; "$PY" -m pytest ;;
   bench) setup; "$PY" benchmarks/patch_select.py; "$PY" benchmarks/scan_throughput.py ;;
   *) echo "usage: ./run.sh demo | test | bench" >&2; exit 2 ;;
 esac

@@ -22,6 +22,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("dgs_trainer.cli", "train", "train"),
     "eval": ("dgs_trainer.cli", "eval_command", "train"),
     "export": ("dgs_export.cli", "export_command", "export"),
+    "demo": ("dgs_export.demo", "demo_command", "export"),
 }
 
 

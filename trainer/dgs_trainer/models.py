@@ -6,6 +6,7 @@ Architectures are open_clip model names (``ViT-L-14``, ``ViT-B-16``...) plus the
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -53,7 +54,23 @@ def create_clip(arch: str, pretrained: str | os.PathLike | None = "none", device
                 f"(tags: {', '.join(tags) or 'none'})"
             )
         weights = str(pretrained)
-    return open_clip.create_model(arch, pretrained=weights, device=device)
+    if weights is not None:
+        return open_clip.create_model(arch, pretrained=weights, device=device)
+    quiet = _DropMessage("No pretrained weights loaded")  # asked for on purpose: not worth a warning
+    logging.getLogger().addFilter(quiet)
+    try:
+        return open_clip.create_model(arch, pretrained=None, device=device)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 class ClipImageDetector(nn.Module):
