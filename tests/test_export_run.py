@@ -58,7 +58,10 @@ def test_cli_export_and_its_errors(tmp_path, dgs_run, dataset):
     out = tmp_path / "cli.dgs"
     result = runner.invoke(main, ["export", str(dgs_run), "--out", str(out), "--calib", str(dataset / "blocky")])
     assert result.exit_code == 0, result.output
-    assert ModelPackage.load(out).manifest.provenance["parity_images"].endswith("from blocky")
+    provenance = ModelPackage.load(out).manifest.provenance
+    assert provenance["parity_images"].endswith("from blocky")
+    assert provenance["parity"]["max_abs_probability_diff"] < 1e-4
+    assert "parity with torch" in result.output
     not_a_run = runner.invoke(main, ["export", str(tmp_path), "--out", str(tmp_path / "x.dgs")])
     assert not_a_run.exit_code == 2 and "not a finished training run" in not_a_run.output
     bad_batch = runner.invoke(main, ["export", str(dgs_run), "--out", str(tmp_path / "y.dgs"), "--batch", "0"])

@@ -7,6 +7,7 @@ import sys
 import click
 
 from dgs_sdk.errors import DgsError
+from dgs_sdk.package import ModelPackage
 
 from .onnx_export import DEFAULT_OPSET, ParityError
 from .run_export import ExportConfig, export_run
@@ -40,4 +41,7 @@ def export_command(run, out, opset, batch, calib, max_images) -> None:
     except (TrainError, DgsError, ValueError, OSError) as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(2)
+    parity = ModelPackage.load(path).manifest.provenance["parity"]
+    click.echo(f"parity with torch: max |probability difference| {parity['max_abs_probability_diff']:.2e} on "
+               f"{parity['images']} images (tolerance {parity['tolerance']:.0e})", err=True)
     click.echo(f"wrote {path}", err=True)

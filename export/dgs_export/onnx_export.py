@@ -14,8 +14,9 @@ import onnx
 import torch
 from torch import nn
 
-from dgs_sdk.detector import Detector, sigmoid
-from dgs_sdk.package import Manifest, write_package
+from dgs_sdk.backends import create_backend
+from dgs_sdk.detector import sigmoid
+from dgs_sdk.package import Manifest, ModelPackage, write_package
 from dgs_sdk.preprocess import PreprocessSpec, preprocess_batch
 
 __all__ = ["DEFAULT_OPSET", "ParityError", "export_onnx", "export_package", "torch_probabilities"]
@@ -93,10 +94,11 @@ def export_package(
 ) -> Path:
     """Export ``model`` to a `.dgs` package and verify it.
 
-    The package is loaded back with the SDK's `Detector` (ONNX Runtime, CPU) and run on ``parity_images``
-    (RGB uint8 arrays) preprocessed by the SDK; the largest probability difference to torch must be at most
-    ``tolerance``, else no package is written and `ParityError` gives the figures. ``batch_size`` fixes the
-    graph's batch (for runtimes that want static shapes); None keeps it dynamic.
+    The package is run by the SDK's ONNX Runtime backend (CPU) on ``parity_images`` (RGB uint8 arrays)
+    preprocessed by the SDK; the largest probability difference to torch must be at most ``tolerance``, else
+    no package is written and `ParityError` gives the figures. The figures go into the manifest's provenance
+    (``parity``), and the written file is loaded back to check its checksums. ``batch_size`` fixes the graph's
+    batch (for runtimes that want static shapes); None keeps it dynamic.
     """
     if not parity_images:
         raise ValueError("parity_images is empty: at least one real image is needed to verify the export")
@@ -112,18 +114,18 @@ def export_package(
         output_name=OUTPUT_NAME,
     )
     out = Path(out)
-    # Written beside the destination and verified there; an existing package is replaced only by a good one.
-    unverified = write_package(out.with_name(out.name + ".unverified"), manifest, {manifest.model_file: onnx_bytes})
-    try:
-        batch = preprocess_batch(parity_images, preprocess)
-        expected = torch_probabilities(model, batch)
-        actual = sigmoid(Detector(unverified, backend="onnxruntime", device="cpu").backend.run(batch))  # [B]
-        worst = float(np.max(np.abs(actual - expected)))
-        if worst > tolerance:
-            raise ParityError(
-                f"{out}: ONNX Runtime differs from torch by up to {worst:.2e} in probability on "
-                f"{len(batch)} images (tolerance {tolerance:.0e}); no package was written"
-            )
-        return unverified.replace(out)
-    finally:
-        unverified.unlink(missing_ok=True)
+    members = {manifest.model_file: onnx_bytes}
+    batch = preprocess_batch(parity_images, preprocess)  # [B, 3, S, S]
+    expected = torch_probabilities(model, batch)
+    candidate = ModelPackage(path=out, manifest=manifest, members=members)
+    actual = sigmoid(create_backend("onnxruntime", candidate, device="cpu").run(batch))
+    worst = float(np.max(np.abs(actual - expected)))
+    if worst > tolerance:
+        raise ParityError(
+            f"{out}: ONNX Runtime differs from torch by up to {worst:.2e} in probability on "
+            f"{len(batch)} images (tolerance {tolerance:.0e}); no package was written"
+        )
+    manifest.provenance["parity"] = {"max_abs_probability_diff": worst, "images": len(batch), "tolerance": tolerance}
+    path = write_package(out, manifest, members)  # atomic: an existing package is replaced only by a good one
+    ModelPackage.load(path)
+    return path
