@@ -48,3 +48,14 @@ def test_template_only_warns_and_bad_files_fail(tmp_path, caplog):
     broken.write_text("[1, 2]")
     with pytest.raises(CaptionError, match="expected a JSON object"):
         load_captions(samples, tmp_path, broken)
+
+
+def test_root_reached_through_a_symlink(tmp_path):
+    real_root = tmp_path / "real data"
+    (real_root / "g" / "0_real").mkdir(parents=True)
+    link = tmp_path / "link"
+    link.symlink_to(real_root, target_is_directory=True)
+    samples = [Sample(str(link / "g" / "0_real" / "a.png"), REAL, "g")]
+    captions_file = tmp_path / "captions.json"
+    captions_file.write_text(json.dumps({"g/0_real/a.png": "a caption"}))
+    assert load_captions(samples, link, captions_file) == ["a caption"]

@@ -27,4 +27,14 @@ def test_demo_pipeline_scores_like_the_evaluation_and_beats_chance(tmp_path):
     seen = report["metrics"]["autoencoder"]
     assert seen["auc"] > 0.6 and seen["acc"] > 0.5, seen  # better than chance on held-out images
     assert report["threshold_source"] == "calibrated"
-    assert any("upsampler" in line for line in lines) and result["summary"].errors == 0
+    assert result["summary"].errors == 0 and result["scan_vs_eval"] <= 1e-4
+    assert any("largest probability difference" in line for line in lines)
+
+
+def test_demo_refuses_to_replace_folders_it_did_not_write(tmp_path):
+    precious = tmp_path / "data" / "thesis.txt"
+    precious.parent.mkdir()
+    precious.write_text("months of work")
+    with pytest.raises(ValueError, match="did not write"):
+        run_demo(DemoConfig(workdir=str(tmp_path), device="cpu", progress=False), say=lambda line: None)
+    assert precious.read_text() == "months of work"

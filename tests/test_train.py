@@ -36,16 +36,25 @@ def test_each_method_trains_into_a_run_folder(tmp_path, dataset, method):
         assert model(torch.zeros(2, 3, 224, 224)).shape == (2,)
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, dataset, monkeypatch):
-    config = tiny_config(dataset, tmp_path / "whole", method="dgs", save_every=1, epochs=2)
+@pytest.mark.parametrize(
+    "save_every, fail_at, val",
+    [
+        (1, 11, False),  # mid-epoch, in the first surgery epoch (steps 7-12)
+        (0, 8, False),  # only end-of-epoch checkpoints: resumes at the start of the surgery stage
+        (0, 14, True),  # with validation after each epoch; resumes at the start of the second surgery epoch
+    ],
+)
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, dataset, monkeypatch, save_every, fail_at, val):
+    extra = {"val": str(dataset)} if val else {}
+    config = tiny_config(dataset, tmp_path / "whole", method="dgs", save_every=save_every, epochs=2, **extra)
     whole = load_file(str(fit(config, progress=False) / "model.safetensors"))
 
-    interrupted = tiny_config(dataset, tmp_path / "cut", method="dgs", save_every=1, epochs=2)
+    interrupted = tiny_config(dataset, tmp_path / "cut", method="dgs", save_every=save_every, epochs=2, **extra)
     real_step, calls = torch.optim.Adam.step, {"n": 0}
 
     def failing_step(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 11:  # in the middle of the second surgery epoch
+        if calls["n"] == fail_at:
             raise KeyboardInterrupt
         return real_step(self, *args, **kwargs)
 
@@ -106,7 +115,16 @@ def test_bad_training_input_gives_clear_errors(tmp_path, dataset):
     write_image(only_real / "0_real" / "a.png", np.zeros((64, 64, 3), np.uint8))
     empty = runner.invoke(main, [*base, "--data", str(only_real), "--out", str(tmp_path / "r3")])
     assert empty.exit_code == 2 and "no fake images found" in empty.output
-    assert "Traceback" not in missing.output + arch.output + empty.output
+    device = runner.invoke(main, [*base[:-4], "--device", "tpu", "--data", str(dataset), "--out", str(tmp_path / "r4")])
+    assert device.exit_code == 2 and "device 'tpu' is not understood" in device.output
+    blocks = runner.invoke(main, [*base, "--lora-blocks", "1,a", "--data", str(dataset), "--out", str(tmp_path / "r5")])
+    assert blocks.exit_code == 2 and "--lora-blocks must be" in blocks.output and not (tmp_path / "r5").exists()
+    out_of_range = runner.invoke(
+        main, [*base, "--lora-blocks", "9", "--data", str(dataset), "--out", str(tmp_path / "r6")]
+    )
+    assert out_of_range.exit_code == 2 and "block 9 does not exist" in out_of_range.output
+    outputs = missing.output + arch.output + empty.output + device.output + blocks.output + out_of_range.output
+    assert "Traceback" not in outputs
 
 
 def test_tensorboard_log_is_written_when_asked(tmp_path, dataset):

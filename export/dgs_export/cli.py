@@ -18,7 +18,8 @@ __all__ = ["export_command"]
 @click.command("export")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Model package to write (.dgs).")
-@click.option("--opset", type=click.IntRange(min=13), default=DEFAULT_OPSET, show_default=True, help="ONNX opset.")
+@click.option("--opset", type=click.IntRange(min=14, max=21), default=DEFAULT_OPSET, show_default=True,
+              help="ONNX opset (14 to 21).")
 @click.option("--batch", default="dynamic", show_default=True, help="dynamic, or a fixed batch size K.")
 @click.option("--calib", type=click.Path(exists=True), help="Images to verify the export with [default: the run's "
               "validation images, else its training images].")

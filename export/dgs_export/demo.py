@@ -11,7 +11,9 @@ It proves the pipeline, not a production detector: see the README for the produc
 
 from __future__ import annotations
 
+import csv
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,20 +21,23 @@ from typing import Any
 
 import click
 
+from dgs_sdk.errors import DgsError
 from dgs_sdk.scan import ScanConfig, scan
 from dgs_trainer.demo_data import DemoDataConfig, make_demo_dataset
 from dgs_trainer.eval_run import EvalConfig, evaluate_run
 from dgs_trainer.evaluate import format_table
-from dgs_trainer.train import TrainConfig, fit
+from dgs_trainer.train import TrainConfig, TrainError, fit, resolve_device
 
 from .run_export import ExportConfig, export_run
 
-__all__ = ["DemoConfig", "run_demo", "demo_command"]
+__all__ = ["DEMO_MARKER", "DemoConfig", "run_demo", "demo_command"]
+
+DEMO_MARKER = ".dgs-demo"
 
 
 @dataclass
 class DemoConfig:
-    """Sizes and schedule of the demo; the defaults take a few minutes on two CPU cores."""
+    """Sizes and schedule of the demo; the defaults take about a minute on two CPU cores."""
 
     workdir: str = "demo"
     data: DemoDataConfig = field(default_factory=DemoDataConfig)
@@ -51,7 +56,12 @@ class DemoConfig:
 def run_demo(config: DemoConfig, say: Callable[[str], Any] = print) -> dict[str, Any]:
     """Run every stage; returns the paths written and the test-split report."""
     workdir = Path(config.workdir)
-    data, run = workdir / "data", workdir / "run"
+    data, run, marker = workdir / "data", workdir / "run", workdir / DEMO_MARKER
+    resolve_device(config.device)  # a bad device fails now, not after the dataset is made
+    if (data.exists() or run.exists()) and not marker.exists():
+        raise ValueError(f"{workdir}: holds data/ or run/ that an earlier demo did not write; choose another --workdir")
+    workdir.mkdir(parents=True, exist_ok=True)
+    marker.write_text("written by dgs demo: data/ and run/ here are replaced by the next demo\n")
     for previous in (data, run):  # the demo's own folders, from an earlier demo
         shutil.rmtree(previous, ignore_errors=True)
 
@@ -82,8 +92,15 @@ def run_demo(config: DemoConfig, say: Callable[[str], Any] = print) -> dict[str,
     summary = scan(ScanConfig(paths=[str(data / "test")], model=str(package), out=str(scan_csv),
                               progress=config.progress))
     say(summary.line())
+    with open(scan_csv, newline="", encoding="utf-8") as f:
+        scanned = {row["path"]: float(row["probability"]) for row in csv.DictReader(f) if row["probability"]}
+    evaluated = report["probabilities"]
+    worst = max(abs(scanned[path] - p) for path, p in evaluated.items() if p is not None)
+    say(f"dgs scan (ONNX Runtime) vs dgs eval (torch), {len(scanned)} files: largest probability difference "
+        f"{worst:.1e}")
     say(f"wrote {package} and {scan_csv}")
-    return {"run": run, "package": package, "scan": scan_csv, "data": data, "report": report, "summary": summary}
+    return {"run": run, "package": package, "scan": scan_csv, "data": data, "report": report, "summary": summary,
+            "scan_vs_eval": worst}
 
 
 @click.command("demo")
@@ -96,4 +113,8 @@ def demo_command(workdir: str, device: str, progress: bool) -> None:
 
     The model is a tiny CLIP with random weights trained on demo data: it proves the pipeline, not detection.
     """
-    run_demo(DemoConfig(workdir=workdir, device=device, progress=progress), say=click.echo)
+    try:
+        run_demo(DemoConfig(workdir=workdir, device=device, progress=progress), say=click.echo)
+    except (TrainError, DgsError, ValueError, OSError) as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(2)

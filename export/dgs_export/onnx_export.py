@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
@@ -48,7 +49,7 @@ def export_onnx(model: nn.Module, image_size: int, opset: int = DEFAULT_OPSET, d
     # The TorchScript exporter: seconds instead of the dynamo exporter's tens of seconds on a ViT, and it
     # handles open_clip's attention. Its deprecation notice and tracer remarks about shape checks inside
     # nn.MultiheadAttention are expected and not actionable here.
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _exporter_errors(opset):
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
@@ -69,6 +70,16 @@ def export_onnx(model: nn.Module, image_size: int, opset: int = DEFAULT_OPSET, d
         proto = onnxscript.optimizer.optimize(proto)
         onnx.checker.check_model(proto, full_check=True)
     return proto.SerializeToString()
+
+
+@contextlib.contextmanager
+def _exporter_errors(opset: int):
+    """torch's exporter fails with its own types (unsupported operators, unknown opsets): one clear error."""
+    try:
+        yield
+    except RuntimeError as e:  # torch.onnx's OnnxExporterError and UnsupportedOperatorError are RuntimeErrors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"ONNX export at opset {opset} failed: {first}") from None
 
 
 def torch_probabilities(model: nn.Module, batch: np.ndarray) -> np.ndarray:

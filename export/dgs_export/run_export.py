@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from dgs_sdk.errors import DgsError
 from dgs_sdk.image import load_image
 from dgs_sdk.scan import discover
 from dgs_trainer.data import load_samples
-from dgs_trainer.eval_run import CALIBRATION_FILE
+from dgs_trainer.eval_run import run_threshold
 from dgs_trainer.train import load_run
 
 from .onnx_export import DEFAULT_OPSET, export_package
@@ -66,10 +65,7 @@ def export_run(config: ExportConfig) -> Path:
     images = parity_images(paths, config.max_images)
     if not images:
         raise ValueError(f"{source}: no readable images to verify the export with (give some with --calib DIR)")
-    calibration = Path(config.run) / CALIBRATION_FILE
-    threshold, threshold_source = 0.5, "default"
-    if calibration.exists():
-        threshold, threshold_source = float(json.loads(calibration.read_text())["threshold"]), "calibrated"
+    threshold, threshold_source = run_threshold(config.run)
     provenance = dict(record.get("provenance", {}))
     provenance.update({
         "method": train_config.method,

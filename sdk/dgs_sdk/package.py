@@ -216,6 +216,7 @@ def write_package(path: str | os.PathLike, manifest: Manifest, members: Mapping[
             zf.writestr(MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=2, sort_keys=False))
             for name, data in members.items():
                 zf.writestr(name, data)
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a model package is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

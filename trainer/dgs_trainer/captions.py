@@ -29,10 +29,12 @@ class CaptionError(ValueError):
 def _keys(path: str, root: Path) -> list[str]:
     absolute = os.path.abspath(path)
     keys = [path, absolute]
-    try:
-        keys.append(Path(absolute).relative_to(root.resolve()).as_posix())
-    except ValueError:
-        pass
+    # Relative to the root as written and as resolved (the root may be reached through a symlink).
+    for base, file in ((os.path.abspath(root), absolute), (root.resolve(), Path(absolute).resolve())):
+        try:
+            keys.append(Path(file).relative_to(base).as_posix())
+        except ValueError:
+            pass
     return keys
 
 

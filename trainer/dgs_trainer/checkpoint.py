@@ -25,6 +25,7 @@ __all__ = [
     "save_checkpoint",
     "read_checkpoint",
     "restore_optimizer",
+    "restore_rng",
     "load_head",
 ]
 
@@ -90,7 +91,16 @@ def save_checkpoint(method: nn.Module, optimizer, path: Path, position: dict[str
     optimizer_tensors, groups = _optimizer_tensors(optimizer)
     tensors.update(optimizer_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():  # dropout on the GPU draws from the device's generator
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
     atomic_save(tensors, path, {"position": json.dumps(position), "param_groups": groups})
+
+
+def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    """Put back the random states `save_checkpoint` stored."""
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, int], str]:

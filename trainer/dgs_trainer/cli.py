@@ -89,7 +89,7 @@ def train(resume_run, progress, **fields) -> None:
     try:
         if resume_run:
             record = json.loads((Path(resume_run) / "config.json").read_text())
-            config = TrainConfig(**record["config"])
+            config = TrainConfig(**{**record["config"], "out": resume_run})  # the run may have moved
         else:
             if not fields["data"] or not fields["out"]:
                 _fail("--data and --out are required (or --resume RUN)")
@@ -97,6 +97,9 @@ def train(resume_run, progress, **fields) -> None:
         run = fit(config, resume=bool(resume_run), progress=progress)
     except (TrainError, DataLayoutError, ValueError, OSError) as e:
         _fail(str(e))
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: continue with  dgs train --resume {resume_run or fields['out']}", err=True)
+        sys.exit(130)
     click.echo(f"run written to {run}", err=True)
 
 
@@ -120,14 +123,17 @@ def eval_command(run, data, split, threshold, calibrate, json_out, batch_size, d
 
     config = EvalConfig(run=run, data=data, split=split, threshold=threshold, calibrate=calibrate,
                         batch_size=batch_size, device=device, workers=workers)
+    if json_out and not Path(json_out).resolve().parent.is_dir():
+        _fail(f"{json_out}: cannot write the metrics, its folder does not exist")
     try:
         report = evaluate_run(config)
     except (TrainError, DataLayoutError, ValueError, OSError) as e:
         _fail(str(e))
     click.echo(format_table(report["metrics"]))
-    click.echo(f"threshold {report['threshold']:.4f} ({report['threshold_source']}); "
-               f"oracle threshold on this data {report['oracle_threshold']:.4f} "
-               f"(balanced accuracy {report['oracle_balanced_accuracy']:.4f})")
+    oracle = report["oracle_threshold"]
+    click.echo(f"threshold {report['threshold']:.4f} ({report['threshold_source']}); " + (
+        f"oracle threshold on this data {oracle:.4f} (balanced accuracy {report['oracle_balanced_accuracy']:.4f})"
+        if oracle is not None else "no oracle threshold (the data holds one class only)"))
     if report["unreadable"]:
         click.echo(f"{report['unreadable']} unreadable images were skipped", err=True)
     if json_out:

@@ -93,6 +93,8 @@ def discover_samples(root: str | os.PathLike, split: str | None = None) -> list[
     """
     root = Path(root)
     if root.is_file() and root.suffix.lower() == ".csv":
+        if split is not None:
+            raise DataLayoutError(f"{root}: a split ({split!r}) selects folders; a CSV manifest has none")
         return read_manifest(root)
     if not root.is_dir():
         raise DataLayoutError(f"{root}: data root not found (expected a folder or a .csv manifest)")

@@ -13,7 +13,7 @@ from .data import load_samples
 from .evaluate import best_balanced_threshold, metrics_by_generator, predict_samples
 from .train import load_run, resolve_device
 
-__all__ = ["CALIBRATION_FILE", "EvalConfig", "evaluate_run"]
+__all__ = ["CALIBRATION_FILE", "EvalConfig", "evaluate_run", "run_threshold"]
 
 CALIBRATION_FILE = "calibration.json"
 
@@ -30,6 +30,14 @@ class EvalConfig:
     batch_size: int = 32
     device: str = "auto"
     workers: int = 2
+
+
+def run_threshold(run: str | Path) -> tuple[float, str]:
+    """The run's calibrated threshold and ``"calibrated"``, or 0.5 and ``"default"`` when it has none."""
+    calibration = Path(run) / CALIBRATION_FILE
+    if calibration.exists():
+        return float(json.loads(calibration.read_text())["threshold"]), "calibrated"
+    return 0.5, "default"
 
 
 def evaluate_run(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
@@ -56,19 +64,14 @@ def evaluate_run(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
             raise ValueError(f"{config.data}: calibration needs both real and fake images")
         calibration.write_text(json.dumps({"threshold": oracle, "balanced_accuracy": oracle_accuracy,
                                            "data": str(config.data), "split": config.split}, indent=2))
-    if config.threshold is not None:
-        threshold, source = config.threshold, "given"
-    elif calibration.exists():
-        threshold, source = float(json.loads(calibration.read_text())["threshold"]), "calibrated"
-    else:
-        threshold, source = 0.5, "default"
+    threshold, source = (config.threshold, "given") if config.threshold is not None else run_threshold(config.run)
     return {
         "run": str(config.run),
         "data": str(config.data),
         "threshold": threshold,
         "threshold_source": source,
-        "oracle_threshold": oracle,
-        "oracle_balanced_accuracy": oracle_accuracy,
+        "oracle_threshold": None if np.isnan(oracle) else oracle,  # None: the data holds one class only
+        "oracle_balanced_accuracy": None if np.isnan(oracle_accuracy) else oracle_accuracy,
         "unreadable": unreadable,
         "metrics": metrics_by_generator(samples, probabilities, threshold),
         "probabilities": {

@@ -30,27 +30,25 @@ def predict_samples(
     workers: int = 2,
     progress: bool = False,
 ) -> tuple[np.ndarray, int]:
-    """Probabilities of "fake" for every sample (NaN where a file could not be read) and the unreadable count."""
+    """Probabilities of "fake" for every sample (NaN where a file could not be read) and the unreadable count.
+
+    Runs in float32 on every device, so that scores, calibrated thresholds and the exported model agree.
+    """
     model.eval()
     loader = DataLoader(
         ImageDataset(samples, spec, train=False),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate_skipping_unreadable,
+        generator=torch.Generator().manual_seed(0),  # leaves the global random state (training's) untouched
     )
     probabilities = np.full(len(samples), np.nan)
     skipped = 0
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if torch.device(device).type == "cuda" else None
     for batch in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
         skipped += batch["skipped"]
         if "image" not in batch:
             continue
-        images = batch["image"].to(device)
-        if autocast is not None:
-            with autocast:
-                logits = model(images)
-        else:
-            logits = model(images)
+        logits = model(batch["image"].to(device))  # float32, as the exported graph computes
         probabilities[batch["index"].numpy()] = torch.sigmoid(logits.float()).cpu().numpy()
     return probabilities, skipped
 

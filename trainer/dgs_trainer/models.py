@@ -55,7 +55,10 @@ def create_clip(arch: str, pretrained: str | os.PathLike | None = "none", device
             )
         weights = str(pretrained)
     if weights is not None:
-        return open_clip.create_model(arch, pretrained=weights, device=device)
+        try:
+            return open_clip.create_model(arch, pretrained=weights, device=device)
+        except Exception as e:  # a damaged or foreign checkpoint fails deep inside torch.load
+            raise ValueError(f"{weights}: cannot be loaded as {arch} weights ({type(e).__name__}: {e})") from None
     quiet = _DropMessage("No pretrained weights loaded")  # asked for on purpose: not worth a warning
     logging.getLogger().addFilter(quiet)
     try:

@@ -42,6 +42,7 @@ from .checkpoint import (
     load_trained_state,
     read_checkpoint,
     restore_optimizer,
+    restore_rng,
     save_checkpoint,
     trained_state,
 )
@@ -116,10 +117,18 @@ class TrainConfig:
                 raise TrainError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.epochs is not None and self.epochs < 1:
             raise TrainError(f"epochs must be at least 1, got {self.epochs}")
+        if not self.lr > 0:
+            raise TrainError(f"lr must be positive, got {self.lr}")
+        self.lora()  # --lora-* flags are checked before anything runs
 
     def lora(self) -> LoRAConfig:
         targets = tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
-        blocks = None if self.lora_blocks == "all" else tuple(int(b) for b in self.lora_blocks.split(","))
+        try:
+            blocks = None if self.lora_blocks == "all" else tuple(int(b) for b in self.lora_blocks.split(","))
+        except ValueError:
+            raise TrainError(
+                f"--lora-blocks must be 'all' or comma-separated integers, got {self.lora_blocks!r}"
+            ) from None
         try:
             return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, targets or PROJECTIONS, blocks)
         except ValueError as e:
@@ -143,7 +152,10 @@ def resolve_device(device: str) -> torch.device:
     """``auto`` is CUDA when present, else the CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise TrainError(f"device {device!r} is not understood (expected auto, cpu, cuda or cuda:N)") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise TrainError(f"device {device!r} asked for, but torch sees no CUDA device")
     return resolved
@@ -241,6 +253,10 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Pat
         raise TrainError(str(e)) from None
     image_size = clip.visual.image_size
     spec = config.preprocess_spec(image_size[0] if isinstance(image_size, (tuple, list)) else image_size)
+    blocks = len(clip.visual.transformer.resblocks)
+    for index in config.lora().blocks or ():
+        if not -blocks <= index < blocks:
+            raise TrainError(f"--lora-blocks: block {index} does not exist ({config.arch} has {blocks} vision blocks)")
 
     run.mkdir(parents=True, exist_ok=True)
     (run / "checkpoints").mkdir(exist_ok=True)
@@ -275,18 +291,21 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Pat
                 if stage == "probe":
                     probe_head = load_head(run / "probe.safetensors", clip.visual.output_dim)
                 continue
+            resuming_here = bool(resumed) and stage_index == position["stage"]
+            # A checkpoint at the very start of a stage holds the previous stage's module: this stage starts
+            # afresh, from the random state the uninterrupted run had when it built the module.
+            at_stage_start = resuming_here and position["epoch"] == 0 and position["batch"] == 0
+            if at_stage_start:
+                restore_rng(resumed)
             method = build_method(stage, config, clip, probe_head, caption_tokens).to(device)
-            if config.method == "dgs" and stage == "dgs":
-                method.probe_fc.requires_grad_(False)
             optimizer = torch.optim.Adam(
                 method.trainable_parameters(), lr=config.lr, betas=(config.beta1, config.beta2)
             )
-            if resumed and stage_index == position["stage"]:
-                load_trained_state(method, {k: v for k, v in resumed.items() if not k.startswith(("optimizer.",
-                                   "rng."))}, str(checkpoint_path))
+            if resuming_here and not at_stage_start:
+                trained = {k: v for k, v in resumed.items() if not k.startswith(("optimizer.", "rng."))}
+                load_trained_state(method, trained, str(checkpoint_path))
                 restore_optimizer(optimizer, resumed, groups)
-                if "rng.torch" in resumed:
-                    torch.set_rng_state(resumed["rng.torch"])
+                restore_rng(resumed)
             start_epoch = position["epoch"] if stage_index == position["stage"] else 0
             for epoch in range(start_epoch, epochs):
                 start_batch = position["batch"] if (stage_index, epoch) == (position["stage"], position["epoch"]) else 0
