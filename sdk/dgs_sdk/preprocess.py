@@ -17,7 +17,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import scipy.fft
 
 from .errors import ImageTooLarge
 from .limits import MAX_PIXELS
@@ -154,6 +153,8 @@ def spectral_entropy(patches: np.ndarray) -> np.ndarray:
     The spectrum of a real patch is conjugate-symmetric, so the half spectrum of ``rfft2`` is used with each
     column weighted by how many columns of the full spectrum it stands for (half the FFT and log work).
     """
+    import scipy.fft  # only patch-select needs it; kept off the SDK's import path
+
     p = patches.shape[-1]
     spectrum = scipy.fft.rfft2(patches)  # [N, P, P // 2 + 1]; scipy's pocketfft: same values, a third faster
     power = spectrum.real**2
