@@ -41,11 +41,8 @@ def photos(size: int | None = None) -> list[np.ndarray]:
     return images
 
 
-def best_of(repeats: int, fn) -> float:
-    """Best wall time in seconds of ``repeats`` calls (the least disturbed run)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def seconds(fn) -> float:
+    """Wall time of one call of ``fn``."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start

@@ -11,7 +11,7 @@ import argparse
 
 import numpy as np
 
-from _common import best_of, header, photos
+from _common import header, photos, seconds
 from dgs_sdk.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec, preprocess
 
 PATCH, KEEP = 32, 49
@@ -51,8 +51,8 @@ def main() -> None:
     # Interleaved, so that a slow spell of a shared machine hits both; the best run of each is kept.
     ours, reference = float("inf"), float("inf")
     for _ in range(args.repeats):
-        ours = min(ours, best_of(1, lambda: [preprocess(im, spec) for im in images]))
-        reference = min(reference, best_of(1, lambda: [per_patch_transform(im) for im in images]))
+        ours = min(ours, seconds(lambda: [preprocess(im, spec) for im in images]))
+        reference = min(reference, seconds(lambda: [per_patch_transform(im) for im in images]))
     n = len(images)
     print(header(f"patch-select on {args.size}x{args.size} photos"))
     print("| implementation | ms / image | images / s |")

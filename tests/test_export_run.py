@@ -40,8 +40,8 @@ def test_package_of_a_run_scores_like_the_evaluation(tmp_path, dgs_run, dataset)
     for path, result in zip(paths, results, strict=True):
         assert result.ok, result.error
         assert result.probability == pytest.approx(report["probabilities"][path], abs=1e-4), path
-    graph_inputs = zipfile.ZipFile(package).read("manifest.json")
-    assert json.loads(graph_inputs)["model"]["output_meaning"] == "logit of 'fake'"
+    raw_manifest = json.loads(zipfile.ZipFile(package).read("manifest.json"))
+    assert raw_manifest["model"]["output_meaning"] == "logit of 'fake'"
 
 
 def test_fixed_batch_export_runs_any_number_of_images(tmp_path, dgs_run, dataset):

@@ -23,7 +23,7 @@ from dgs_sdk.preprocess import PreprocessSpec, preprocess_batch
 __all__ = ["DEFAULT_OPSET", "ParityError", "export_onnx", "export_package", "torch_probabilities"]
 
 DEFAULT_OPSET = 18
-INPUT_NAME, OUTPUT_NAME = "image", "logit"
+INPUT_NAME, OUTPUT_NAME = Manifest.input_name, Manifest.output_name  # the manifest's defaults
 
 
 class ParityError(RuntimeError):
