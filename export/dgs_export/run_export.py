@@ -54,7 +54,8 @@ def _image_paths(config: ExportConfig, train_config) -> tuple[list[str], str]:
 
 
 def export_run(config: ExportConfig) -> Path:
-    """Export the run's inference network (LoRA merged, image head only) and write a verified package.
+    """Export the run's inference network and write a verified package: LoRA merged and the image head only
+    for DGS-Net runs; the prompted image encoder and the two class anchors for MiraGe runs.
 
     Parity images are the run's validation images, else its training images, or those under ``calib``.
     """
@@ -78,9 +79,12 @@ def export_run(config: ExportConfig) -> Path:
         "pretrained": train_config.pretrained,
         "method": train_config.method,
         "head": "linear",
-        "lora_merged": train_config.method != "probe",
+        "lora_merged": train_config.method in ("lora", "dgs"),
         "input_size": spec.size,
     }
+    if train_config.method == "mirage":  # the text branch is folded into a constant 2 x D anchor matrix
+        architecture.update(head="text anchors (real, fake)", prompt_tokens=train_config.prompt_tokens,
+                            prompt_depth=train_config.prompt_depth)
     return export_package(
         method.inference_model(),
         config.out,

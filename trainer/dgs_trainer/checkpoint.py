@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 __all__ = [
-    "TRAINED_HEADS",
+    "TRAINED_MODULES",
     "CheckpointError",
     "trained_state",
     "load_trained_state",
@@ -29,7 +29,8 @@ __all__ = [
     "load_head",
 ]
 
-TRAINED_HEADS = ("head", "img_fc", "text_fc", "probe_fc")
+# Top-level submodules whose every tensor a run trains or accumulates (heads, MiraGe's prompts and memory bank).
+TRAINED_MODULES = ("head", "img_fc", "text_fc", "probe_fc", "prompts", "memory")
 
 
 class CheckpointError(ValueError):
@@ -37,11 +38,11 @@ class CheckpointError(ValueError):
 
 
 def trained_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors a run trains (LoRA factors, heads); the frozen backbone is left out."""
+    """The tensors a run trains (LoRA factors, heads, prompts); the frozen backbone is left out."""
     return {
         key: value.detach().cpu().contiguous()
         for key, value in module.state_dict().items()
-        if "lora_A" in key or "lora_B" in key or key.split(".")[0] in TRAINED_HEADS
+        if "lora_A" in key or "lora_B" in key or key.split(".")[0] in TRAINED_MODULES
     }
 
 
@@ -86,14 +87,18 @@ def load_head(path: Path, dim: int) -> nn.Linear:
     return head
 
 
-def save_checkpoint(method: nn.Module, optimizer, path: Path, position: dict[str, int]) -> None:
+def save_checkpoint(method: nn.Module, optimizer, path: Path, position: dict[str, int], schedule=None) -> None:
+    """Trained tensors, optimizer state, learning-rate schedule, random states and position, in one file."""
     tensors = trained_state(method)
     optimizer_tensors, groups = _optimizer_tensors(optimizer)
     tensors.update(optimizer_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():  # dropout on the GPU draws from the device's generator
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    atomic_save(tensors, path, {"position": json.dumps(position), "param_groups": groups})
+    metadata = {"position": json.dumps(position), "param_groups": groups}
+    if schedule is not None:
+        metadata["schedule"] = json.dumps(schedule.state_dict())
+    atomic_save(tensors, path, metadata)
 
 
 def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
@@ -103,10 +108,11 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state(tensors["rng.cuda"])
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, int], str]:
-    """Tensors, position and optimizer parameter groups of a checkpoint written by `save_checkpoint`."""
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, int], dict[str, str]]:
+    """Tensors, position and metadata (optimizer ``param_groups``, ``schedule`` when there is one) of a
+    checkpoint written by `save_checkpoint`."""
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
-    return load_file(str(path)), json.loads(meta["position"]), meta["param_groups"]
+    return load_file(str(path)), json.loads(meta["position"]), meta
 
 

@@ -8,7 +8,7 @@ Run folder::
     ├── checkpoints/last.safetensors   trained tensors, optimizer state, position (stage, epoch, batch)
     ├── probe.safetensors        DGS-Net's stage-1 probe head (dgs method only)
     ├── backbone.safetensors     the backbone, only when it was randomly initialised (--pretrained none)
-    └── model.safetensors        the trained tensors of the finished run (LoRA, heads)
+    └── model.safetensors        the trained tensors of the finished run (LoRA, heads, prompts)
 
 Only trained tensors are stored; the frozen backbone comes from ``arch`` and ``pretrained`` again (a random
 one, ``--pretrained none``, is kept in the run since it cannot be rebuilt).
@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import subprocess
 import time
@@ -52,17 +53,31 @@ from .evaluate import metrics_by_generator, predict_samples
 from .lora import PROJECTIONS, LoRAConfig
 from .methods.dgs import DGSNet
 from .methods.lora import LoRAClassifier
+from .methods.mirage import MiraGe, MiraGeConfig
 from .methods.probe import LinearProbe
 from .models import create_clip
 
-__all__ = ["METHODS", "TrainConfig", "TrainError", "fit", "load_run", "build_method", "resolve_device"]
+__all__ = [
+    "METHODS",
+    "TrainConfig",
+    "TrainError",
+    "fit",
+    "load_run",
+    "build_method",
+    "build_optimizer",
+    "resolve_device",
+]
 
 log = logging.getLogger(__name__)
 
-METHODS = ("probe", "lora", "dgs")
+METHODS = ("probe", "lora", "dgs", "mirage")
 BACKBONE_FILE = "backbone.safetensors"
-# Epochs of each stage when --epochs is not given: DGS-Net's published schedule.
-DEFAULT_EPOCHS = {"probe": 3, "lora": 1, "dgs": 1}
+# Per-method defaults of --epochs, --lr and --preprocess: DGS-Net's published schedule (Adam, constant lr) for
+# probe, lora and dgs; MaPLe's ViT-B/16 recipe for mirage (SGD, 5 epochs, one of constant warm-up at 1e-5, then
+# cosine), since the MiraGe paper builds on MaPLe and its own optimiser settings are not published with code.
+DEFAULT_EPOCHS = {"probe": 3, "lora": 1, "dgs": 1, "mirage": 5}
+DEFAULT_LR = {"probe": 1e-4, "lora": 1e-4, "dgs": 1e-4, "mirage": 3.5e-3}
+DEFAULT_PREPROCESS = {"probe": "patch-select", "lora": "patch-select", "dgs": "patch-select", "mirage": "clip"}
 
 
 class TrainError(ValueError):
@@ -75,7 +90,10 @@ class TrainConfig:
 
     Defaults are DGS-Net's published settings (ViT-L/14 `openai`, LoRA r = alpha = 6 with dropout 0.8 on q, k, v
     of every vision block, Adam lr 1e-4, batch 32, probe 3 epochs then surgery 1 epoch, lambda = 0.2,
-    patch-select preprocessing with horizontal flips).
+    patch-select preprocessing with horizontal flips). ``epochs``, ``lr`` and ``preprocess`` left as ``None``
+    take the method's default (`DEFAULT_EPOCHS`, `DEFAULT_LR`, `DEFAULT_PREPROCESS`); MiraGe's settings are the
+    ``prompt_*``, ``dis_weight``, ``memory_size``, ``temperature`` fields and SGD's ``momentum``,
+    ``weight_decay``, ``warmup_epochs`` and ``warmup_lr``.
     """
 
     data: str
@@ -90,7 +108,7 @@ class TrainConfig:
     probe_epochs: int = 3
     batch_size: int = 32
     accumulate: int = 1
-    lr: float = 1e-4
+    lr: float | None = None
     beta1: float = 0.9
     beta2: float = 0.999
     lora_rank: int = 6
@@ -99,9 +117,19 @@ class TrainConfig:
     lora_targets: str = "q,k,v"
     lora_blocks: str = "all"
     help_weight: float = 0.2
+    prompt_tokens: int = 2
+    prompt_depth: int = 9
+    prompt_context: str = "a photo of a"
+    dis_weight: float = 0.1
+    memory_size: int = 64
+    temperature: float = 0.07
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
     captions: str | None = None
     caption_template: str = DEFAULT_CAPTION_TEMPLATE
-    preprocess: str = "patch-select"
+    preprocess: str | None = None
     hflip: bool = True
     device: str = "auto"
     workers: int = 2
@@ -117,9 +145,20 @@ class TrainConfig:
                 raise TrainError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.epochs is not None and self.epochs < 1:
             raise TrainError(f"epochs must be at least 1, got {self.epochs}")
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.method]
+        if self.preprocess is None:
+            self.preprocess = DEFAULT_PREPROCESS[self.method]
         if not self.lr > 0:
             raise TrainError(f"lr must be positive, got {self.lr}")
-        self.lora()  # --lora-* flags are checked before anything runs
+        self.lora()  # --lora-* and MiraGe's flags are checked before anything runs
+        self.mirage()
+        if self.method == "mirage":
+            if not 0 <= self.warmup_epochs < self.stages()[-1][1]:
+                raise TrainError(f"warmup_epochs must be at least 0 and fewer than the {self.stages()[-1][1]} "
+                                 f"training epochs, got {self.warmup_epochs}")
+            if self.warmup_lr < 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+                raise TrainError("warmup_lr and weight_decay cannot be negative and momentum must be in [0, 1)")
 
     def lora(self) -> LoRAConfig:
         targets = tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
@@ -131,6 +170,13 @@ class TrainConfig:
             ) from None
         try:
             return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, targets or PROJECTIONS, blocks)
+        except ValueError as e:
+            raise TrainError(str(e)) from None
+
+    def mirage(self) -> MiraGeConfig:
+        try:
+            return MiraGeConfig(self.prompt_tokens, self.prompt_depth, self.prompt_context, self.dis_weight,
+                                self.memory_size, self.temperature)
         except ValueError as e:
             raise TrainError(str(e)) from None
 
@@ -171,6 +217,31 @@ def _git_revision() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def _build_dgs(config: TrainConfig, clip: nn.Module, probe_head: nn.Linear | None, caption_tokens) -> DGSNet:
+    if probe_head is None:
+        probe_head = nn.Linear(clip.visual.output_dim, 1)  # filled from the run's probe.safetensors by the caller
+    return DGSNet(clip, probe_head, config.lora(), config.help_weight, caption_tokens)
+
+
+def _build_mirage(config: TrainConfig, clip: nn.Module, probe_head, caption_tokens) -> MiraGe:
+    import open_clip
+
+    try:
+        return MiraGe(clip, open_clip.get_tokenizer(config.arch), config.mirage())
+    except ValueError as e:
+        raise TrainError(f"{config.arch}: {e}") from None
+
+
+# stage -> builder(config, clip, probe_head, caption_tokens); every module built has ``training_loss``,
+# ``trainable_parameters`` and ``inference_model``.
+STAGE_BUILDERS = {
+    "probe": lambda config, clip, probe_head, caption_tokens: LinearProbe(clip.visual, clip.visual.output_dim),
+    "lora": lambda config, clip, probe_head, caption_tokens: LoRAClassifier(clip.visual, config.lora()),
+    "dgs": _build_dgs,
+    "mirage": _build_mirage,
+}
+
+
 def build_method(
     stage: str,
     config: TrainConfig,
@@ -178,16 +249,27 @@ def build_method(
     probe_head: nn.Linear | None = None,
     caption_tokens: torch.Tensor | None = None,
 ) -> nn.Module:
-    """The module trained in ``stage``; every method has ``training_loss``, ``trainable_parameters`` and
-    ``inference_model``."""
-    dim = clip.visual.output_dim
-    if stage == "probe":
-        return LinearProbe(clip.visual, dim)
-    if stage == "lora":
-        return LoRAClassifier(clip.visual, config.lora())
-    if probe_head is None:
-        probe_head = nn.Linear(dim, 1)  # filled from the run's probe.safetensors by the caller
-    return DGSNet(clip, probe_head, config.lora(), config.help_weight, caption_tokens)
+    """The module trained in ``stage`` (a method name, or ``probe`` for DGS-Net's first stage)."""
+    return STAGE_BUILDERS[stage](config, clip, probe_head, caption_tokens)
+
+
+def build_optimizer(stage: str, method: nn.Module, config: TrainConfig, steps_per_epoch: int, epochs: int):
+    """The optimizer of ``stage`` and its per-step learning-rate schedule (``None`` for a constant rate).
+
+    DGS-Net and its ablations use Adam at a constant rate; MiraGe uses SGD with momentum and weight decay,
+    ``warmup_epochs`` at ``warmup_lr``, then cosine annealing to zero over the remaining steps.
+    """
+    params = method.trainable_parameters()
+    if stage != "mirage":
+        return torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, config.beta2)), None
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    schedulers = torch.optim.lr_scheduler
+    warmup, total = config.warmup_epochs * steps_per_epoch, epochs * steps_per_epoch
+    if warmup == 0:
+        return optimizer, schedulers.CosineAnnealingLR(optimizer, T_max=total)
+    constant = schedulers.ConstantLR(optimizer, factor=config.warmup_lr / config.lr, total_iters=warmup)
+    cosine = schedulers.CosineAnnealingLR(optimizer, T_max=total - warmup)
+    return optimizer, schedulers.SequentialLR(optimizer, [constant, cosine], milestones=[warmup])
 
 
 class _MetricsLog:
@@ -230,11 +312,11 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Pat
     checkpoint_path = run / "checkpoints" / "last.safetensors"
     position = {"stage": 0, "epoch": 0, "batch": 0, "step": 0}
     resumed: dict[str, torch.Tensor] = {}
-    groups = ""
+    saved: dict[str, str] = {}  # the checkpoint's optimizer groups and schedule
     if resume:
         if not checkpoint_path.exists():
             raise TrainError(f"{run}: no checkpoint to resume from ({checkpoint_path} is missing)")
-        resumed, position, groups = read_checkpoint(checkpoint_path)
+        resumed, position, saved = read_checkpoint(checkpoint_path)
         if position["stage"] >= len(config.stages()):
             raise TrainError(f"{run}: this run has already finished")
         log.info("resuming %s at stage %d, epoch %d, batch %d", run, position["stage"], position["epoch"],
@@ -298,23 +380,24 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Pat
             if at_stage_start:
                 restore_rng(resumed)
             method = build_method(stage, config, clip, probe_head, caption_tokens).to(device)
-            optimizer = torch.optim.Adam(
-                method.trainable_parameters(), lr=config.lr, betas=(config.beta1, config.beta2)
-            )
+            steps_per_epoch = math.ceil(math.ceil(len(dataset) / config.batch_size) / config.accumulate)
+            optimizer, schedule = build_optimizer(stage, method, config, steps_per_epoch, epochs)
             if resuming_here and not at_stage_start:
                 trained = {k: v for k, v in resumed.items() if not k.startswith(("optimizer.", "rng."))}
                 load_trained_state(method, trained, str(checkpoint_path))
-                restore_optimizer(optimizer, resumed, groups)
+                restore_optimizer(optimizer, resumed, saved["param_groups"])
+                if schedule is not None:
+                    schedule.load_state_dict(json.loads(saved["schedule"]))
                 restore_rng(resumed)
             start_epoch = position["epoch"] if stage_index == position["stage"] else 0
             for epoch in range(start_epoch, epochs):
                 start_batch = position["batch"] if (stage_index, epoch) == (position["stage"], position["epoch"]) else 0
                 position = _train_epoch(
-                    method, optimizer, dataset, config, stage, stage_index, epoch, epochs, start_batch,
+                    method, optimizer, schedule, dataset, config, stage, stage_index, epoch, epochs, start_batch,
                     position["step"], device, autocast, metrics, checkpoint_path, progress,
                 )
                 position = {"stage": stage_index, "epoch": epoch + 1, "batch": 0, "step": position["step"]}
-                save_checkpoint(method, optimizer, checkpoint_path, position)
+                save_checkpoint(method, optimizer, checkpoint_path, position, schedule)
                 if val_samples:
                     scores = _validate(method, val_samples, spec, config, device)
                     metrics.write({"kind": "val", "stage": stage, "epoch": epoch + 1, **scores}, position["step"])
@@ -322,14 +405,14 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Pat
                 atomic_save(trained_state(method), run / "probe.safetensors")
                 probe_head = load_head(run / "probe.safetensors", clip.visual.output_dim)
             position = {"stage": stage_index + 1, "epoch": 0, "batch": 0, "step": position["step"]}
-            save_checkpoint(method, optimizer, checkpoint_path, position)
+            save_checkpoint(method, optimizer, checkpoint_path, position, schedule)
         atomic_save(trained_state(method), run / "model.safetensors")
     finally:
         metrics.close()
     return run
 
 
-def _train_epoch(method, optimizer, dataset, config, stage, stage_index, epoch, epochs, start_batch, step,
+def _train_epoch(method, optimizer, schedule, dataset, config, stage, stage_index, epoch, epochs, start_batch, step,
                  device, autocast, metrics, checkpoint_path, progress) -> dict[str, int]:
     method.train()
     dataset.set_epoch(epoch)
@@ -362,17 +445,21 @@ def _train_epoch(method, optimizer, dataset, config, stage, stage_index, epoch, 
                 (loss / config.accumulate).backward()
                 seen += len(images)
             if micro % config.accumulate == 0 or batch_index == batches_total:
+                lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                if schedule is not None:
+                    schedule.step()
                 step += 1
                 rate = seen / max(time.perf_counter() - started, 1e-9)
                 if "image" in batch:
                     metrics.write({"kind": "train", "stage": stage, "epoch": epoch, "step": step, **logs,
-                                   "images_per_s": rate}, step)
+                                   "lr": lr, "images_per_s": rate}, step)
                     bar.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{rate:.1f}")
                 if config.save_every and step % config.save_every == 0:
                     save_checkpoint(method, optimizer, checkpoint_path,
-                                     {"stage": stage_index, "epoch": epoch, "batch": batch_index, "step": step})
+                                    {"stage": stage_index, "epoch": epoch, "batch": batch_index, "step": step},
+                                    schedule)
             bar.update(1)
     if skipped:
         log.warning("%s epoch %d: %d unreadable images were skipped", stage, epoch + 1, skipped)
