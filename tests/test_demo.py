@@ -29,6 +29,11 @@ def test_demo_pipeline_scores_like_the_evaluation_and_beats_chance(tmp_path):
     assert report["threshold_source"] == "calibrated"
     assert result["summary"].errors == 0 and result["scan_vs_eval"] <= 1e-4
     assert any("largest probability difference" in line for line in lines)
+    # MiraGe trained beside DGS-Net on the same data and was evaluated on the same test split.
+    mirage = result["mirage_report"]
+    assert mirage["threshold_source"] == "calibrated" and set(mirage["probabilities"]) == set(rows)
+    assert (result["mirage_run"] / "model.safetensors").exists()
+    assert any(line.startswith("MiraGe (") for line in lines) and any("Mean test AUC" in line for line in lines)
 
 
 def test_demo_refuses_to_replace_folders_it_did_not_write(tmp_path):
