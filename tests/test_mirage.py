@@ -143,6 +143,9 @@ def test_prompt_depth_beyond_the_encoder_is_a_clear_error(tmp_path, dataset):
     warm = CliRunner().invoke(main, ["train", "--method", "mirage", "--epochs", "1", "--data", str(dataset),
                                      "--out", str(tmp_path / "r2")])
     assert warm.exit_code == 2 and "warmup_epochs" in warm.output
+    slow = CliRunner().invoke(main, ["train", "--method", "mirage", "--lr", "1e-6", "--data", str(dataset),
+                                     "--out", str(tmp_path / "r3")])
+    assert slow.exit_code == 2 and "warmup_lr must be between 0 and lr" in slow.output
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +227,4 @@ def test_ablation_flags_through_the_cli(tmp_path, dataset):
     for flag in ("--prompt-depth", "--prompt-tokens", "--dis-weight", "--memory-size", "--temperature",
                  "--warmup-epochs", "--momentum"):
         assert flag in help_text
+

@@ -157,8 +157,10 @@ class TrainConfig:
             if not 0 <= self.warmup_epochs < self.stages()[-1][1]:
                 raise TrainError(f"warmup_epochs must be at least 0 and fewer than the {self.stages()[-1][1]} "
                                  f"training epochs, got {self.warmup_epochs}")
-            if self.warmup_lr < 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
-                raise TrainError("warmup_lr and weight_decay cannot be negative and momentum must be in [0, 1)")
+            if not 0 <= self.warmup_lr <= self.lr:
+                raise TrainError(f"warmup_lr must be between 0 and lr ({self.lr}), got {self.warmup_lr}")
+            if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+                raise TrainError("weight_decay cannot be negative and momentum must be in [0, 1)")
 
     def lora(self) -> LoRAConfig:
         targets = tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())

@@ -283,7 +283,10 @@ class MiraGe(nn.Module):
 
         x = _run_blocks(text.transformer, x, deep_context, attn_mask=text.attn_mask)
         x = text_global_pool(text.ln_final(x), self.class_tokens, text.pool_type, eos_token_id=text.eos_id)
-        x = text.projection(x) if isinstance(text.projection, nn.Linear) else x @ text.projection
+        if isinstance(text.projection, nn.Linear):
+            x = text.projection(x)
+        elif text.projection is not None:
+            x = x @ text.projection
         return F.normalize(x.float(), dim=-1)
 
     def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
@@ -302,13 +305,15 @@ class MiraGe(nn.Module):
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor):
         labels = labels.long()
         h, anchors = self.image_embeddings(images), self.anchors()
-        ce = F.cross_entropy(self.logit_scale() * h @ anchors.T, labels)
-        loss, logs = ce, {"ce": ce.item()}
-        if self.config.dis_weight > 0:
-            bank_h, bank_labels = self.memory.contents()
-            dis = discriminative_loss(h, labels, bank_h, bank_labels, anchors, self.config.temperature)
-            loss = loss + self.config.dis_weight * dis
-            logs["dis"] = dis.item()
+        # Logits reach ~100 x cosine: under bf16 autocast their differences would be rounded by ~0.25.
+        with torch.autocast(h.device.type, enabled=False):
+            ce = F.cross_entropy(self.logit_scale() * h @ anchors.T, labels)
+            loss, logs = ce, {"ce": ce.item()}
+            if self.config.dis_weight > 0:
+                bank_h, bank_labels = self.memory.contents()
+                dis = discriminative_loss(h, labels, bank_h, bank_labels, anchors, self.config.temperature)
+                loss = loss + self.config.dis_weight * dis
+                logs["dis"] = dis.item()
         if self.training:
             self.memory.push(h, labels)
         return loss, {"loss": loss.item(), **logs}
