@@ -247,12 +247,12 @@ class MiraGe(nn.Module):
         # Tokens 1..n of each class prompt are the learnable context; the context phrase is padded with
         # placeholder words when it is shorter, and its words after the n-th stay as fixed text (MaPLe's rule).
         words = len(tokenizer([config.context])[0].nonzero()) - 2 if config.context.strip() else 0
-        phrase = " ".join(["X"] * max(n - words, 0) + ([config.context.strip()] if words else []))
+        placeholders = max(n - words, 0)
+        phrase = " ".join(["X"] * placeholders + ([config.context.strip()] if words else []))
         tokens = tokenizer([f"{phrase} {name}." for name in CLASS_NAMES])  # [2, T]
         with torch.no_grad():
             embedded = text.token_embedding(tokens.to(text.positional_embedding.device))  # [2, T, text_width]
         init = embedded[0, 1 : 1 + n].clone()
-        placeholders = max(n - words, 0)
         init[:placeholders] = torch.randn(placeholders, init.shape[1], device=init.device) * 0.02
         self.register_buffer("class_tokens", tokens, persistent=False)
         self.register_buffer("class_embeddings", embedded, persistent=False)
