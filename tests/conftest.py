@@ -138,3 +138,50 @@ def tiny_config(data: Path, out: Path, **overrides):
                   workers=0, device="cpu", probe_epochs=1, epochs=1, lr=1e-3)
     fields.update(overrides)
     return TrainConfig(**fields)
+
+
+def mean_graph(size: int = 32, batch: int | str = "batch", output: str = "mean", declared: list | None = None,
+               input_dims: list | None = None, extra_nodes=(), extra_initializers=()) -> bytes:
+    """A small hand-built ONNX graph with a dgs model's interface: image [B, 3, S, S] -> logit [B].
+
+    ``output`` picks what it computes from the image's mean ``mean`` ([B]): ``mean`` itself, ``nan`` (NaN per
+    image), ``double`` ([2B], two per image), ``scalar`` (one value per batch), ``pairs`` ([B, 2]), or
+    ``custom``: ``extra_nodes`` compute ``logit``. ``declared`` overrides the output shape the graph declares,
+    ``input_dims`` the input's.
+    """
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("ReduceMean", ["image", "axes"], ["mean"], keepdims=0)]
+    initializers = [helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3])]
+    if output == "nan":
+        initializers.append(helper.make_tensor("nan", TensorProto.FLOAT, [], [float("nan")]))
+        nodes.append(helper.make_node("Mul", ["mean", "nan"], ["logit"]))
+    elif output == "double":
+        nodes.append(helper.make_node("Concat", ["mean", "mean"], ["logit"], axis=0))
+    elif output == "scalar":
+        nodes.append(helper.make_node("ReduceMean", ["mean"], ["logit"], keepdims=0))
+    elif output == "pairs":
+        initializers.append(helper.make_tensor("unsqueeze_axes", TensorProto.INT64, [1], [1]))
+        nodes.append(helper.make_node("Unsqueeze", ["mean", "unsqueeze_axes"], ["column"]))
+        nodes.append(helper.make_node("Concat", ["column", "column"], ["logit"], axis=1))
+    elif output == "mean":
+        nodes.append(helper.make_node("Identity", ["mean"], ["logit"]))
+    nodes.extend(extra_nodes)
+    initializers.extend(extra_initializers)
+    graph = helper.make_graph(
+        nodes,
+        "mean",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, input_dims or [batch, 3, size, size])],
+        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, declared if declared is not None else [batch])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    return model.SerializeToString()
+
+
+def graph_package(path: Path, model: bytes, size: int = 32, **manifest_fields) -> Path:
+    """A package (written by the SDK, so valid unless the graph is not) around a hand-built graph."""
+    from dgs_sdk import Manifest, PreprocessSpec, write_package
+
+    spec = PreprocessSpec(transform="clip", size=size)
+    return write_package(path, Manifest(preprocess=spec, **manifest_fields), {"model.onnx": model})

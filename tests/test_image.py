@@ -181,14 +181,34 @@ def test_uint8_rgb_array_is_taken_as_rgb_unchanged(cat):
     ],
 )
 def test_array_pixel_types_are_brought_to_uint8_rgb(cat, convert):
-    out = to_rgb8(convert(cat))
+    out = to_rgb8(convert(cat), value_range=(0, 1))
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(out, cat)
 
 
-def test_float_arrays_are_clipped_to_0_1():
-    out = load_image(np.array([[-0.5, 0.0, 0.5, 1.0, 3.0]]))
-    np.testing.assert_array_equal(out[0, :, 0], [0, 0, 128, 255, 255])
+def test_float_arrays_are_scaled_from_their_declared_range():
+    np.testing.assert_array_equal(load_image(np.array([[0.0, 0.5, 1.0]]), value_range=(0, 1))[0, :, 0], [0, 128, 255])
+    np.testing.assert_array_equal(load_image(np.array([[0.0, 127.5, 255.0]]), value_range=(0, 255))[0, :, 0],
+                                  [0, 128, 255])
+    np.testing.assert_array_equal(load_image(np.array([[-1.0, 0.0, 1.0]]), value_range=(-1, 1))[0, :, 0],
+                                  [0, 128, 255])
+
+
+@pytest.mark.parametrize(
+    ("array", "value_range", "reason"),
+    [
+        pytest.param(np.full((4, 4, 3), 200.0), None, "value range declared", id="0..255 without a range"),
+        pytest.param(np.full((4, 4, 3), 200.0), (0, 1), "outside the declared range 0 to 1", id="0..255 as 0..1"),
+        pytest.param(np.full((4, 4, 3), -0.5), (0, 1), "from -0.5 to -0.5", id="negative"),
+        pytest.param(np.full((4, 4, 3), np.nan), (0, 1), "NaN", id="NaN"),
+        pytest.param(np.full((4, 4, 3), np.inf, np.float32), (0, 1), "infinite", id="inf"),
+    ],
+)
+def test_float_arrays_are_refused_unless_their_values_fit_the_declared_range(array, value_range, reason):
+    """A float array in 0..255 used to be clipped to white and a NaN array scored; neither is guessed now."""
+    with pytest.raises(UnreadableImage, match=reason) as excinfo:
+        load_image(array, name="frame 3", value_range=value_range)
+    assert "frame 3" in str(excinfo.value)
 
 
 @pytest.mark.parametrize("shape", ["HW", "HW1", "HW1 uint16"])

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from conftest import mean_graph
 from dgs_sdk import Manifest, ModelPackage, ModelPackageError, PreprocessSpec, write_package
 from dgs_sdk.package import FORMAT_VERSION, MANIFEST_NAME, sha256_hex
 
+GRAPH = mean_graph(size=224)
 
-def make_package(path: Path, model: bytes = b"onnx bytes", **manifest_fields) -> Path:
+
+def make_package(path: Path, model: bytes = GRAPH, **manifest_fields) -> Path:
     manifest = Manifest(preprocess=PreprocessSpec.patch_select(), **manifest_fields)
     return write_package(path, manifest, {manifest.model_file: model, "labels.txt": b"real\nfake\n"})
 
@@ -42,14 +48,15 @@ def test_round_trip_keeps_every_field_and_checksums(tmp_path):
     )
     package = ModelPackage.load(path)
     m = package.manifest
-    assert package.model_bytes == b"onnx bytes"
+    assert package.model_bytes == GRAPH
     assert package.members["labels.txt"] == b"real\nfake\n"
     assert m.preprocess == PreprocessSpec.patch_select()
     assert (m.threshold, m.threshold_source) == (0.37, "calibrated")
     assert m.architecture == {"arch": "ViT-L-14", "method": "dgs"}
     assert m.provenance == {"epochs": 1, "data": "AIGIBench"}
-    assert m.files["model.onnx"] == {"sha256": sha256_hex(b"onnx bytes"), "size": 10}
-    assert package.model_sha256 == sha256_hex(b"onnx bytes")
+    assert m.files["model.onnx"] == {"sha256": sha256_hex(GRAPH), "size": len(GRAPH)}
+    assert package.model_sha256 == sha256_hex(GRAPH)
+    assert package.fixed_batch is None
     raw = json.loads(zipfile.ZipFile(path).read(MANIFEST_NAME))
     assert raw["format"] == "dgs-model" and raw["format_version"] == FORMAT_VERSION
     assert raw["model"]["output_meaning"] == "logit of 'fake'"
@@ -60,7 +67,7 @@ def test_round_trip_keeps_every_field_and_checksums(tmp_path):
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda p: rewrite(p, members={"model.onnx": b"tampered"}), "fails its checksum"),
+        (lambda p: rewrite(p, members={"model.onnx": GRAPH[:-1] + b"x"}), "fails its checksum"),
         (lambda p: rewrite(p, drop="labels.txt"), "'labels.txt' listed in the manifest is missing"),
         (lambda p: rewrite(p, drop=MANIFEST_NAME), "no manifest.json inside"),
         (lambda p: rewrite(p, members={MANIFEST_NAME: b"{not json"}), "not valid JSON"),
@@ -83,7 +90,7 @@ def test_damaged_packages_give_clear_errors(tmp_path, damage, message):
 
 
 def test_missing_path_and_directory(tmp_path):
-    with pytest.raises(ModelPackageError, match="model package not found"):
+    with pytest.raises(ModelPackageError, match="absent.dgs: no such file"):
         ModelPackage.load(tmp_path / "absent.dgs")
     with pytest.raises(ModelPackageError, match="is a directory"):
         ModelPackage.load(tmp_path)
@@ -94,3 +101,25 @@ def test_write_refuses_a_package_without_its_model(tmp_path):
     with pytest.raises(ModelPackageError, match="not among the members"):
         write_package(tmp_path / "m.dgs", manifest, {"other.onnx": b"x"})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_temporary_files_of_killed_writers_are_removed_by_the_next_write(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"model.dgs.{dead.stdout.strip()}-0123abcd.tmp"  # left by a writer killed mid-write
+    alive = tmp_path / f"model.dgs.{os.getppid()}-0123abcd.tmp"  # another writer, still at work
+    other = tmp_path / "other.dgs.1-0123abcd.tmp"
+    for path in (stale, alive, other):
+        path.write_bytes(b"half a zip")
+    make_package(tmp_path / "model.dgs")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.dgs", alive.name, other.name])
+
+
+def test_a_package_that_would_not_load_never_replaces_a_good_one(tmp_path):
+    good = make_package(tmp_path / "model.dgs")
+    before = good.read_bytes()
+    with pytest.raises(ModelPackageError, match="'threshold'"):
+        make_package(good, threshold=float("nan"))
+    with pytest.raises(ModelPackageError, match="output 'logit' has shape"):
+        make_package(good, model=mean_graph(size=224, declared=["batch", 2], output="pairs"))
+    assert good.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.dgs"]

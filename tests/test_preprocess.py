@@ -182,5 +182,35 @@ def test_spec_round_trips_and_rejects_bad_values():
         PreprocessSpec.patch_select(size=200)
     with pytest.raises(ValueError, match="unknown keys"):
         PreprocessSpec.from_dict({"transform": "clip", "size": 224, "crop": "random"})
-    with pytest.raises(ValueError, match="mean/std"):
+    with pytest.raises(ValueError, match="std must be 3 finite numbers"):
         PreprocessSpec(transform="clip", std=(0.2, 0.0, 0.2))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("size", "224", "size must be an integer"),
+        ("size", True, "size must be an integer"),
+        ("size", 224.0, "size must be an integer"),
+        ("size", 4096, "size must be an integer from 16 to 1024"),
+        ("size", 0, "size must be an integer"),
+        ("std", [0.2, float("nan"), 0.2], "std must be 3 finite numbers"),
+        ("std", [0.2, float("inf"), 0.2], "std must be 3 finite numbers"),
+        ("std", [0.2, 1e-300, 0.2], "std must be 3 finite numbers"),
+        ("std", [0.2, -0.2, 0.2], "std must be 3 finite numbers"),
+        ("std", ["0.2", 0.2, 0.2], "std must be 3 finite numbers"),
+        ("std", [0.2, 0.2], "std must be a list of 3 numbers"),
+        ("mean", [0.5, float("nan"), 0.5], "mean must be 3 finite numbers"),
+        ("mean", [0.5, True, 0.5], "mean must be 3 finite numbers"),
+        ("mean", "abc", "mean must be a list of 3 numbers"),
+        ("patch_size", 0, "patch_size must be an integer"),
+        ("patch_size", "32", "patch_size must be an integer"),
+        ("transform", ["clip"], "transform"),
+        ("interpolation", "nearest", "interpolation"),
+    ],
+)
+def test_spec_from_a_manifest_has_exact_types_and_sane_values(field, value, message):
+    d = PreprocessSpec.patch_select().to_dict()
+    d[field] = value
+    with pytest.raises(ValueError, match=message):
+        PreprocessSpec.from_dict(d)

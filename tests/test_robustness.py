@@ -79,9 +79,9 @@ def test_hidden_files_deep_trees_and_glob_filters(tmp_path, photos, clip_package
     assert scan(root, "--model", clip_package, "--out", out).exit_code == 0
     assert list(rows_of(out)) == [str(folder / "bottom.png")]
     # A pattern takes only image files among its matches (folders it matches are walked).
-    assert scan(str(root / "*"), "--model", clip_package, "--out", out).exit_code == 0
+    assert scan(str(root / "*"), "--model", clip_package, "--out", out, "--overwrite").exit_code == 0
     assert list(rows_of(out)) == [str(folder / "bottom.png")]
-    assert scan(str(root / "*.txt"), "--model", clip_package, "--out", out).exit_code == 1
+    assert scan(str(root / "*.txt"), "--model", clip_package, "--out", out, "--overwrite").exit_code == 1
     assert "matched no image files" in next(iter(rows_of(out).values()))["error"]
 
 
@@ -120,16 +120,16 @@ def garbage_model(manifest, contents):
     import hashlib
 
     contents["model.onnx"] = b"this is not a protobuf"
-    manifest["files"]["model.onnx"]["sha256"] = hashlib.sha256(b"this is not a protobuf").hexdigest()
+    manifest["files"]["model.onnx"] = {"sha256": hashlib.sha256(b"this is not a protobuf").hexdigest(), "size": 22}
 
 
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda m, c: m.update(model="onnx"), "model must be a JSON object"),
-        (lambda m, c: m["files"].update({"model.onnx": "abc"}), "must be a JSON object"),
-        (lambda m, c: m.update(architecture=["vit"]), "architecture must be a JSON object"),
-        (garbage_model, "cannot be loaded by onnxruntime"),
+        (lambda m, c: m.update(model="onnx"), "field 'model' must be an object, got a string"),
+        (lambda m, c: m["files"].update({"model.onnx": "abc"}), "'model.onnx' must be an object"),
+        (lambda m, c: m.update(architecture=["vit"]), "field 'architecture' must be an object, got a list"),
+        (garbage_model, "is not an ONNX model"),
         (lambda m, c: m["model"].update(output="probability"), "has no output 'probability'"),
         (lambda m, c: m["preprocess"].update(size=256), r"manifest's preprocessing gives \[B, 3, 256, 256\]"),
     ],

@@ -202,7 +202,7 @@ def test_glob_patterns_expand(tmp_path, glob_folder, clip_package):
     assert result.exit_code == 0, result.output
     assert sorted(Path(r["path"]).name for r in read_csv(out)) == ["a.jpg", "b.jpg"]
 
-    result = scan(clip_package, str(glob_folder / "**" / "*.jpg"), "--out", out)
+    result = scan(clip_package, str(glob_folder / "**" / "*.jpg"), "--out", out, "--overwrite")
     assert result.exit_code == 0, result.output
     assert sorted(Path(r["path"]).name for r in read_csv(out)) == ["a.jpg", "b.jpg", "d.jpg"]
 
@@ -273,7 +273,7 @@ def _not_a_zip(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("missing model", "model package not found"),
+        ("missing model", "nowhere.dgs: no such file"),
         ("model is not a zip", "not a zip"),
         ("model is a folder", "is a directory"),
         ("tampered model", "fails its checksum"),
@@ -325,7 +325,7 @@ def test_threshold_0_labels_everything_fake_and_1_everything_real(tmp_path, phot
     assert scan(clip_package, photo_folder, "--threshold", "0", "--out", out).exit_code == 0
     rows = read_csv(out)
     assert len(rows) == 4 and all(r["label"] == "fake" for r in rows)
-    assert scan(clip_package, photo_folder, "--threshold", "1", "--out", out).exit_code == 0
+    assert scan(clip_package, photo_folder, "--threshold", "1", "--out", out, "--overwrite").exit_code == 0
     rows = read_csv(out)
     assert len(rows) == 4
     for r in rows:  # only a probability that rounds to exactly 1.0 reaches a threshold of 1
@@ -335,7 +335,7 @@ def test_threshold_0_labels_everything_fake_and_1_everything_real(tmp_path, phot
 def test_batch_size_and_workers_do_not_change_probabilities(tmp_path, mixed_folder, photo_folder, clip_package):
     def probabilities(*options: str) -> dict[str, str]:
         out = tmp_path / "results.csv"
-        result = scan(clip_package, photo_folder, mixed_folder, *options, "--out", out)
+        result = scan(clip_package, photo_folder, mixed_folder, *options, "--out", out, "--overwrite")
         assert result.exit_code == 1, result.output
         return {r["path"]: (r["probability"], r["error"]) for r in read_csv(out)}
 

@@ -109,7 +109,7 @@ def run_demo(config: DemoConfig, say: Callable[[str], Any] = print) -> dict[str,
     say("5/5 exporting the model package and scanning the test folder with the SDK")
     package = export_run(ExportConfig(run=str(run), out=str(workdir / "model.dgs")))
     scan_csv = workdir / "scan.csv"
-    summary = scan(ScanConfig(paths=[str(data / "test")], model=str(package), out=str(scan_csv),
+    summary = scan(ScanConfig(paths=[str(data / "test")], model=str(package), out=str(scan_csv), overwrite=True,
                               progress=config.progress))
     say(summary.line())
     with open(scan_csv, newline="", encoding="utf-8") as f:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import platform
+import signal
 import sys
+import threading
 from importlib import metadata
 
 import click
@@ -46,6 +48,13 @@ class _LazyGroup(click.Group):
 
             return unavailable
 
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Terminated:
+            click.echo("terminated", err=True)
+            sys.exit(143)
+
 
 class SetupError(click.ClickException):
     """A problem with what the command was given (model, output path, device): exit code 2, no traceback."""
@@ -53,10 +62,21 @@ class SetupError(click.ClickException):
     exit_code = 2
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: raised in the main thread so that files being written are completed or removed."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="dgs")
 def main() -> None:
     """Detect AI-generated images: train detectors, evaluate them, scan folders with a .dgs model package."""
+    # `kill` (SIGTERM) ends dgs the way Ctrl-C does: temporary files removed, rows written so far kept.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
 
 
 @main.command()
@@ -69,21 +89,30 @@ def main() -> None:
               help="Images per inference call.")
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding threads [default: one per CPU, at most 8].")
 @click.option("--recursive/--no-recursive", default=True, show_default=True, help="Descend into sub-folders.")
+@click.option("--follow-symlinks", is_flag=True,
+              help="Follow symbolic links that lead out of the folders scanned [default: report them, unread].")
+@click.option("--resume", is_flag=True, help="Continue an interrupted scan into its --out file: files that already "
+              "have a row are skipped.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file (once the first batch is scored).")
 @click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True)
 @click.option("--device", help="cpu, cuda or cuda:N [default: best available].")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on standard error [default: on a terminal].")
-def scan(paths, model, out, threshold, batch_size, workers, recursive, backend, device, progress) -> None:
+def scan(paths, model, out, threshold, batch_size, workers, recursive, follow_symlinks, resume, overwrite, backend,
+         device, progress) -> None:
     """Score every image in PATHS (files, folders or glob patterns).
 
-    Every file gets a row (path, probability, label, error). Exit code 0 when all files were scored,
-    1 when some could not be (their rows say why), 2 for a usage problem.
+    Every file gets a row (path, probability, label, error), written a batch at a time. Exit code 0 when all
+    files were scored, 1 when some could not be (their rows say why), 2 for a usage problem or when the
+    results could not be written (the file then ends on a whole row), 130 or 143 when interrupted (rows
+    written so far are kept; --resume continues).
     """
     from .scan import ScanConfig
     from .scan import scan as run_scan
 
     config = ScanConfig(
         paths=paths, model=model, out=out, threshold=threshold, batch_size=batch_size, workers=workers,
-        recursive=recursive, backend=backend, device=device, progress=progress,
+        recursive=recursive, follow_symlinks=follow_symlinks, resume=resume, overwrite=overwrite, backend=backend,
+        device=device, progress=progress,
     )
     if hasattr(sys.stdout, "reconfigure"):  # rows on stdout: file names that are not UTF-8 pass through as bytes
         sys.stdout.reconfigure(errors="surrogateescape")
@@ -91,11 +120,10 @@ def scan(paths, model, out, threshold, batch_size, workers, recursive, backend, 
         summary = run_scan(config)
     except (DgsError, ValueError) as e:
         raise SetupError(str(e)) from None
-    except KeyboardInterrupt:
-        click.echo("interrupted: rows written so far are kept", err=True)
-        sys.exit(130)
-    except OSError as e:  # the output file could not be written
-        raise SetupError(f"{e.filename or out}: cannot write results ({e.strerror or e})") from None
+    except (KeyboardInterrupt, Terminated) as e:
+        again = f"; continue with --resume --out {out}" if out else ""
+        click.echo(f"interrupted: rows written so far are kept{again}", err=True)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
     if summary.total == 0:
         click.echo("no image files found in " + ", ".join(paths), err=True)
     click.echo(summary.line(), err=True)

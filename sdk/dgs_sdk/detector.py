@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import deque
@@ -14,7 +15,16 @@ import numpy as np
 
 from .backends import Backend, create_backend
 from .errors import DgsError
-from .image import ImageInput, describe_source, load_image
+from .image import (
+    DEFAULT_BUDGET,
+    ImageInput,
+    MemoryBudget,
+    ValueRange,
+    check_value_range,
+    describe_source,
+    load_image,
+)
+from .limits import MAX_BATCH_BYTES
 from .package import ModelPackage
 from .preprocess import crop_image, normalize
 
@@ -24,8 +34,9 @@ FAKE, REAL = "fake", "real"
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
-    """Probability from logit, stable for large magnitudes."""
-    return np.exp(-np.logaddexp(0.0, -np.asarray(logits, np.float64)))
+    """Probability from logit, stable for large magnitudes (NaN stays NaN)."""
+    with np.errstate(invalid="ignore"):
+        return np.exp(-np.logaddexp(0.0, -np.asarray(logits, np.float64)))
 
 
 @dataclass
@@ -79,9 +90,15 @@ class Detector:
         model: path of a `.dgs` package, or an already loaded `ModelPackage`.
         backend: ``"auto"`` (best available) or a name from `dgs_sdk.backends.BACKENDS`.
         device: ``None`` (best available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        batch_size: images per inference call.
+        batch_size: images per inference call; capped so that one batch takes at most `MAX_BATCH_BYTES`
+            (445 images of 224 x 224), which also bounds how far a stream is read ahead.
         threshold: probability of "fake" from which the label is "fake"; the package's threshold by default.
         workers: threads that decode and preprocess while the model runs; ``None`` = one per CPU, at most 8.
+        decode_memory: bytes the decoding threads may hold at once (`dgs_sdk.limits.DECODE_MEMORY`, shared
+            by every Detector of the process, when None).
+
+    Loading verifies the package (`ModelPackage.load`) and runs the model once on a grey image: a package
+    that cannot score images is refused here, not halfway through a scan.
 
     Example:
         >>> det = Detector("model.dgs")
@@ -96,6 +113,7 @@ class Detector:
         batch_size: int = 32,
         threshold: float | None = None,
         workers: int | None = None,
+        decode_memory: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -105,8 +123,9 @@ class Detector:
         self.manifest = self.package.manifest
         self.spec = self.manifest.preprocess
         self.threshold = self.manifest.threshold if threshold is None else float(threshold)
-        self.batch_size = batch_size
+        self.batch_size = max(1, min(batch_size, MAX_BATCH_BYTES // (12 * self.spec.size**2)))
         self.workers = workers or min(8, os.cpu_count() or 1)
+        self.budget = DEFAULT_BUDGET if decode_memory is None else MemoryBudget(decode_memory)
         try:
             self.backend: Backend = create_backend(backend, self.package, device)
         except ValueError as e:
@@ -118,28 +137,39 @@ class Detector:
             f"preprocess={self.spec.transform!r}, threshold={self.threshold})"
         )
 
-    def predict(self, images: ImageInput | Iterable[ImageInput]) -> Prediction | list[Prediction]:
-        """Score one image (path, encoded bytes or RGB array) or many.
+    def predict(
+        self, images: ImageInput | Iterable[ImageInput], value_range: ValueRange | None = None
+    ) -> Prediction | list[Prediction]:
+        """Score one image or many.
 
-        One input gives one `Prediction`, a sequence gives a list in the same order. Inputs that cannot be
-        decoded give predictions with ``error`` set; they never stop the others.
+        An image is a file path, encoded bytes (JPEG, PNG, WebP, BMP, TIFF, GIF) or an RGB array ``[H, W]``
+        or ``[H, W, 1-4]`` of uint8 or uint16; float arrays need ``value_range``, the values of black and
+        white (``(0, 1)`` or ``(0, 255)``), and values outside it are an error, never clipped. One input gives
+        one `Prediction`, a sequence gives a list in the same order. Inputs that cannot be decoded give
+        predictions with ``error`` set; they never stop the others.
         """
+        check_value_range(value_range)
         if _is_single(images):
-            (only,) = self._stream(iter([(images, None)]))
+            (only,) = self._stream(iter([(images, None)]), value_range)
             return only
         if isinstance(images, np.ndarray) and images.ndim == 4:
             images = list(images)
-        return list(self.predict_iter(images))
+        return list(self.predict_iter(images, value_range))
 
-    def predict_iter(self, images: Iterable[ImageInput]) -> Iterator[Prediction]:
-        """Score a stream of images lazily, in input order.
+    def predict_iter(
+        self, images: Iterable[ImageInput], value_range: ValueRange | None = None
+    ) -> Iterator[Prediction]:
+        """Score a stream of images lazily, in input order (inputs as in `predict`).
 
         Worker threads decode and preprocess ahead of the model (a bounded window of ``2 * batch_size``
-        images), so decoding overlaps inference and memory stays flat on long streams.
+        images), so decoding overlaps inference and memory stays flat on long, even endless, streams.
         """
-        return self._stream((source, index) for index, source in enumerate(images))
+        check_value_range(value_range)
+        return self._stream(((source, index) for index, source in enumerate(images)), value_range)
 
-    def _stream(self, sources: Iterator[tuple[ImageInput, int | None]]) -> Iterator[Prediction]:
+    def _stream(
+        self, sources: Iterator[tuple[ImageInput, int | None]], value_range: ValueRange | None
+    ) -> Iterator[Prediction]:
         window = max(2 * self.batch_size, self.workers)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="dgs-decode") as pool:
             pending: deque = deque()
@@ -149,7 +179,7 @@ class Detector:
                     item = next(sources, None)
                     if item is None:
                         return
-                    pending.append(pool.submit(self._prepare, *item))
+                    pending.append(pool.submit(self._prepare, *item, value_range))
 
             refill()
             batch: list[_Prepared] = []
@@ -160,11 +190,11 @@ class Detector:
                     yield from self._infer(batch)
                     batch = []
 
-    def _prepare(self, source: ImageInput, index: int | None) -> _Prepared:
+    def _prepare(self, source: ImageInput, index: int | None, value_range: ValueRange | None) -> _Prepared:
         name = describe_source(source, index)
         t0 = time.perf_counter()
         try:
-            image = load_image(source, name=name)
+            image = load_image(source, name=name, value_range=value_range, budget=self.budget)
         except DgsError as e:
             return _Prepared(name, None, str(e), (time.perf_counter() - t0) * 1e3, 0.0)
         except Exception as e:  # a decoder bug must not cost the other images their results
@@ -196,6 +226,10 @@ class Detector:
                 yield Prediction(p.source, error=p.error, timings={"decode": p.decode_ms})
                 continue
             logit, probability = next(scored)
+            if not math.isfinite(logit):
+                error = f"{p.source}: the model's output for this image is not a finite number ({logit})"
+                yield Prediction(p.source, error=error, timings={"decode": p.decode_ms})
+                continue
             yield Prediction(
                 p.source,
                 probability=probability,

@@ -8,22 +8,34 @@ Layout::
     └── model.onnx      the inference graph: image batch [B, 3, S, S] float32 -> logit of "fake" [B]
 
 TensorRT engines are not stored: they are built and cached on the target device from the ONNX member.
+
+A package is untrusted input: loading reads only a regular file, bounds every size before reading (the zip,
+the manifest, each member against the size its manifest and the zip declare), takes the manifest's JSON and
+types exactly (duplicate keys or members, strings for numbers, NaN are errors naming the field), verifies
+every member's sha256 as it streams, and checks the ONNX graph (`dgs_sdk.onnx_graph`) before any runtime
+sees it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-import tempfile
+import re
 import zipfile
+import zlib
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelPackageError
+from .files import AtomicFile, open_regular
+from .limits import MAX_MANIFEST_BYTES, MAX_MEMBER_BYTES, MAX_MEMBERS, MAX_PACKAGE_BYTES
+from .onnx_graph import GraphInterface, check_onnx_graph
 from .preprocess import PreprocessSpec
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MANIFEST_NAME", "Manifest", "ModelPackage", "write_package"]
@@ -32,16 +44,75 @@ FORMAT_NAME = "dgs-model"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 OUTPUT_MEANING = "logit of 'fake'"
+MANIFEST_KEYS = frozenset({"format", "format_version", "model", "preprocess", "threshold", "threshold_source",
+                           "architecture", "provenance", "files", "created"})
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CHUNK = 1 << 20
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _mapping(value: Any, field: str) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise TypeError(f"{field} must be a JSON object, got {type(value).__name__}")
-    return dict(value)
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", str: "a string", int: "an integer", float: "a number", list: "a list",
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _get(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
+    """``d[key]``, which must be of exactly ``kind`` (a bool is no number); ``default`` when absent, if given."""
+    if key not in d:
+        if default is ...:
+            raise ValueError(f"required field {where}{key!r} is missing")
+        return default
+    value = d[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        expected = " or ".join(_type_name(k()) for k in kinds)
+        raise ValueError(f"field {where}{key!r} must be {expected}, got {_type_name(value)} ({value!r:.60})")
+    return value
+
+
+def _free_form(d: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """An object whose content is free, except that every number in it must be finite (JSON has no NaN)."""
+    value = _get(d, key, dict, "", {})
+    stack: list[tuple[str, Any]] = [(key, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"field {where!r} is {item}, not a finite number")
+        if isinstance(item, dict):
+            stack.extend((f"{where}.{k}", v) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
+    return value
+
+
+def _only_keys(d: Mapping[str, Any], known: AbstractSet[str], where: str) -> None:
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{where or 'the manifest'} has unknown fields {unknown} (known: {sorted(known)})")
+
+
+def _strict_json(raw: bytes) -> Any:
+    """JSON as written by `write_package`: UTF-8, no duplicate keys, bounded nesting.
+
+    NaN and Infinity tokens parse (to floats) so that the field holding one is named by its check.
+    """
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in pairs]
+        duplicates = sorted({key for key in keys if keys.count(key) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate keys {duplicates}")
+        return dict(pairs)
+
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=unique)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 ({e.reason} at byte {e.start})") from None
 
 
 @dataclass
@@ -92,13 +163,15 @@ class Manifest:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "manifest") -> Manifest:
+    def from_dict(cls, d: Any, source: str = "manifest") -> Manifest:
         """Parse and validate a manifest; errors name ``source`` and the offending field."""
+        if not isinstance(d, Mapping):
+            raise ModelPackageError(f"{source}: is not a JSON object")
         if d.get("format") != FORMAT_NAME:
-            raise ModelPackageError(f"{source}: not a dgs model manifest (format is {d.get('format')!r})")
+            raise ModelPackageError(f"{source}: not a dgs model manifest (format is {d.get('format')!r:.60})")
         version = d.get("format_version")
-        if not isinstance(version, int):
-            raise ModelPackageError(f"{source}: format_version missing or not an integer ({version!r})")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ModelPackageError(f"{source}: format_version missing or not an integer ({version!r:.60})")
         if version > FORMAT_VERSION:
             raise ModelPackageError(
                 f"{source}: format version {version} is newer than this SDK reads ({FORMAT_VERSION}); upgrade dgs"
@@ -106,41 +179,64 @@ class Manifest:
         if version < 1:
             raise ModelPackageError(f"{source}: format version {version} is not valid")
         try:
-            model = _mapping(d["model"], "model")
-            if model.get("format") != "onnx":
-                raise ValueError(f"model format {model.get('format')!r} is not supported (expected onnx)")
-            threshold = float(d.get("threshold", 0.5))
-            if not 0.0 <= threshold <= 1.0:
-                raise ValueError(f"threshold {threshold} is not a probability in [0, 1]")
-            files = _mapping(d["files"], "files")
-            for member, meta in files.items():
-                if not isinstance(_mapping(meta, f"files[{member!r}]").get("sha256"), str):
-                    raise ValueError(f"files[{member!r}] has no sha256")
-            return cls(
-                preprocess=PreprocessSpec.from_dict(_mapping(d["preprocess"], "preprocess")),
-                model_file=str(model.get("file", "model.onnx")),
-                threshold=threshold,
-                threshold_source=str(d.get("threshold_source", "default")),
-                architecture=_mapping(d.get("architecture", {}), "architecture"),
-                provenance=_mapping(d.get("provenance", {}), "provenance"),
-                input_name=str(model.get("input", "image")),
-                output_name=str(model.get("output", "logit")),
-                files=files,
-                created=str(d.get("created", "")),
-            )
-        except KeyError as e:
-            raise ModelPackageError(f"{source}: required field {e.args[0]!r} is missing") from None
+            return cls._parse(d)
         except (TypeError, ValueError) as e:
             raise ModelPackageError(f"{source}: {e}") from None
+
+    @classmethod
+    def _parse(cls, d: Mapping[str, Any]) -> Manifest:
+        _only_keys(d, MANIFEST_KEYS, "")
+        model = _get(d, "model", dict, "")
+        _only_keys(model, {"file", "format", "input", "output", "output_meaning"}, "field 'model'")
+        if _get(model, "format", str, "model.") != "onnx":
+            raise ValueError(f"model format {model['format']!r:.60} is not supported (expected onnx)")
+        threshold = _get(d, "threshold", (int, float), "", 0.5)
+        if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+            raise ValueError(f"field 'threshold' ({threshold}) is not a probability in [0, 1]")
+        files = _get(d, "files", dict, "")
+        for member, meta in files.items():
+            where = f"files[{member!r}]."
+            _get(files, member, dict, "files.")  # each entry is an object
+            _only_keys(meta, {"sha256", "size"}, f"field files[{member!r}]")
+            if not _SHA256.fullmatch(_get(meta, "sha256", str, where)):
+                raise ValueError(f"field {where}'sha256' is not 64 lowercase hexadecimal digits")
+            if _get(meta, "size", int, where) < 0:
+                raise ValueError(f"field {where}'size' is negative ({meta['size']})")
+        return cls(
+            preprocess=PreprocessSpec.from_dict(_get(d, "preprocess", dict, "")),
+            model_file=_get(model, "file", str, "model."),
+            threshold=float(threshold),
+            threshold_source=_get(d, "threshold_source", str, "", "default"),
+            architecture=_free_form(d, "architecture"),
+            provenance=_free_form(d, "provenance"),
+            input_name=_get(model, "input", str, "model.", "image"),
+            output_name=_get(model, "output", str, "model.", "logit"),
+            files=files,
+            created=_get(d, "created", str, "", ""),
+        )
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> tuple[bytes, str]:
+    """A member's bytes and their sha256, streamed: never more than the size the zip declares."""
+    digest, chunks, total = hashlib.sha256(), [], 0
+    with zf.open(info) as member:
+        while chunk := member.read(_CHUNK):
+            total += len(chunk)
+            if total > info.file_size:
+                raise ModelPackageError(f"{name}: member {info.filename!r} is larger than the zip declares")
+            digest.update(chunk)
+            chunks.append(chunk)
+    return b"".join(chunks), digest.hexdigest()
 
 
 @dataclass
 class ModelPackage:
-    """A loaded and verified `.dgs` package: its manifest and the bytes of its members."""
+    """A loaded and verified `.dgs` package: its manifest, the bytes of its members and its graph's interface."""
 
     path: Path
     manifest: Manifest
     members: dict[str, bytes]
+    interface: GraphInterface | None = None
 
     @property
     def model_bytes(self) -> bytes:
@@ -150,57 +246,103 @@ class ModelPackage:
     def model_sha256(self) -> str:
         return self.manifest.files[self.manifest.model_file]["sha256"]
 
+    @property
+    def fixed_batch(self) -> int | None:
+        """The graph's fixed batch size, or None when its batch axis is dynamic."""
+        return self.check_graph().batch
+
+    def check_graph(self, name: str | None = None) -> GraphInterface:
+        """Check the ONNX member against the manifest (`check_onnx_graph`) once; errors name the package as
+        ``name`` (its path by default)."""
+        if self.interface is None:
+            m = self.manifest
+            where = f"{name or os.fspath(self.path)}: {m.model_file}"
+            self.interface = check_onnx_graph(self.model_bytes, m.input_name, m.output_name, m.preprocess.size, where)
+        return self.interface
+
     @classmethod
-    def load(cls, path: str | os.PathLike) -> ModelPackage:
-        """Read a package and verify its format version and the sha256 of every member.
+    def load(cls, path: str | os.PathLike, name: str | None = None) -> ModelPackage:
+        """Read a package, verify its manifest, the size and sha256 of every member, and its ONNX graph.
+
+        Errors name the package as ``name`` (its path by default).
 
         Raises:
-            ModelPackageError: missing file, not a zip, bad manifest, missing member or checksum mismatch.
+            ModelPackageError: not a regular file, not a zip, a bad manifest, missing, extra, duplicate or
+                oversized members, a checksum mismatch, or a graph that does not match its manifest.
         """
         path = Path(path)
-        name = os.fspath(path)
-        if not path.exists():
-            raise ModelPackageError(f"{name}: model package not found")
-        if path.is_dir():
-            raise ModelPackageError(f"{name}: is a directory, expected a .dgs model package file")
+        name = name or os.fspath(path)
         try:
-            with zipfile.ZipFile(path) as zf:
-                names = set(zf.namelist())
-                if MANIFEST_NAME not in names:
-                    raise ModelPackageError(f"{name}: not a dgs model package (no {MANIFEST_NAME} inside)")
-                try:
-                    raw = json.loads(zf.read(MANIFEST_NAME))
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise ModelPackageError(f"{name}: {MANIFEST_NAME} is not valid JSON ({e})") from None
-                if not isinstance(raw, dict):
-                    raise ModelPackageError(f"{name}: {MANIFEST_NAME} is not a JSON object")
-                manifest = Manifest.from_dict(raw, source=f"{name}: {MANIFEST_NAME}")
-                if manifest.model_file not in manifest.files:
-                    raise ModelPackageError(f"{name}: manifest has no checksum for model file {manifest.model_file!r}")
-                members = {}
-                for member, meta in manifest.files.items():
-                    if member not in names:
-                        raise ModelPackageError(f"{name}: member {member!r} listed in the manifest is missing")
-                    data = zf.read(member)
-                    actual = sha256_hex(data)
-                    if actual != meta.get("sha256"):
-                        raise ModelPackageError(
-                            f"{name}: member {member!r} fails its checksum (manifest sha256 {meta.get('sha256')}, "
-                            f"content {actual}); the package is corrupted or was modified"
-                        )
-                    members[member] = data
-        except zipfile.BadZipFile:
-            raise ModelPackageError(f"{name}: not a dgs model package (not a zip file)") from None
+            file, _ = open_regular(path, MAX_PACKAGE_BYTES, ModelPackageError)
+        except ModelPackageError as e:
+            raise ModelPackageError(str(e).replace(os.fspath(path), name, 1)) from None
+        try:
+            with file, zipfile.ZipFile(file) as zf:
+                manifest, members = cls._read_zip(zf, name)
+        except (zipfile.BadZipFile, zlib.error, EOFError):
+            raise ModelPackageError(f"{name}: not a dgs model package (not a zip file, or a damaged one)") from None
+        except (RuntimeError, NotImplementedError) as e:  # encrypted members, unknown compression methods
+            raise ModelPackageError(f"{name}: a member cannot be read ({e})") from None
         except OSError as e:
             raise ModelPackageError(f"{name}: cannot be read ({e.strerror or e})") from None
-        return cls(path=path, manifest=manifest, members=members)
+        package = cls(path=path, manifest=manifest, members=members)
+        package.check_graph(name)
+        return package
+
+    @staticmethod
+    def _read_zip(zf: zipfile.ZipFile, name: str) -> tuple[Manifest, dict[str, bytes]]:
+        infos = zf.infolist()
+        if len(infos) > MAX_MEMBERS:
+            raise ModelPackageError(f"{name}: holds {len(infos)} members; a model package has at most {MAX_MEMBERS}")
+        by_name: dict[str, zipfile.ZipInfo] = {}
+        for info in infos:
+            if info.filename in by_name:
+                raise ModelPackageError(f"{name}: member {info.filename!r} appears twice in the zip")
+            by_name[info.filename] = info
+        if MANIFEST_NAME not in by_name:
+            raise ModelPackageError(f"{name}: not a dgs model package (no {MANIFEST_NAME} inside)")
+        manifest_info = by_name.pop(MANIFEST_NAME)
+        size = manifest_info.file_size
+        if size > MAX_MANIFEST_BYTES:
+            limit = MAX_MANIFEST_BYTES
+            raise ModelPackageError(f"{name}: {MANIFEST_NAME} declares {size:,} bytes; the limit is {limit:,}")
+        try:
+            raw = _strict_json(_read_member(zf, manifest_info, name)[0])
+        except ValueError as e:
+            raise ModelPackageError(f"{name}: {MANIFEST_NAME} is not valid JSON ({e})") from None
+        manifest = Manifest.from_dict(raw, source=f"{name}: {MANIFEST_NAME}")
+        if manifest.model_file not in manifest.files:
+            raise ModelPackageError(f"{name}: manifest has no checksum for model file {manifest.model_file!r}")
+        unlisted = sorted(set(by_name) - set(manifest.files))
+        if unlisted:
+            raise ModelPackageError(f"{name}: members {unlisted} are not listed (with a checksum) in the manifest")
+        members = {}
+        for member, meta in manifest.files.items():
+            if member not in by_name:
+                raise ModelPackageError(f"{name}: member {member!r} listed in the manifest is missing")
+            info = by_name[member]
+            if info.file_size != meta["size"] or info.file_size > MAX_MEMBER_BYTES:
+                raise ModelPackageError(
+                    f"{name}: member {member!r} is {info.file_size:,} bytes in the zip and {meta['size']:,} in "
+                    f"the manifest; they must agree and be at most {MAX_MEMBER_BYTES:,}"
+                )
+            data, actual = _read_member(zf, info, name)
+            if actual != meta["sha256"]:
+                raise ModelPackageError(
+                    f"{name}: member {member!r} fails its checksum (manifest sha256 {meta['sha256']}, "
+                    f"content {actual}); the package is corrupted or was modified"
+                )
+            members[member] = data
+        return manifest, members
 
 
 def write_package(path: str | os.PathLike, manifest: Manifest, members: Mapping[str, bytes]) -> Path:
-    """Write a `.dgs` package atomically (temporary file, then rename).
+    """Write a `.dgs` package atomically, and only a valid one.
 
     ``members`` maps member names to their bytes and must include ``manifest.model_file``. The manifest's
-    ``files`` and ``created`` fields are filled in here.
+    ``files`` and ``created`` fields are filled in here. The manifest is validated as a reader would, the file
+    is written under a temporary name, loaded back with `ModelPackage.load` (checksums, graph), and only then
+    renamed over ``path``: an existing package is never replaced by one the SDK would refuse.
     """
     path = Path(path)
     if manifest.model_file not in members:
@@ -209,16 +351,14 @@ def write_package(path: str | os.PathLike, manifest: Manifest, members: Mapping[
         raise ModelPackageError(f"{path}: {MANIFEST_NAME} is written from the Manifest, not given as a member")
     manifest.files = {name: {"sha256": sha256_hex(data), "size": len(data)} for name, data in members.items()}
     manifest.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    Manifest.from_dict(manifest.to_dict(), source=f"{path}: {MANIFEST_NAME}")  # as a reader will check it
+    text = json.dumps(manifest.to_dict(), indent=2, allow_nan=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr(MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=2, sort_keys=False))
+    with AtomicFile(path) as out:
+        with zipfile.ZipFile(out.file, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(MANIFEST_NAME, text)
             for name, data in members.items():
                 zf.writestr(name, data)
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a model package is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        out.file.flush()
+        ModelPackage.load(out.tmp, name=os.fspath(path))
     return path

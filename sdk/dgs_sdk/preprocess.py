@@ -11,6 +11,7 @@ stored in the model package. Two transforms exist:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -19,7 +20,7 @@ import cv2
 import numpy as np
 
 from .errors import ImageTooLarge
-from .limits import MAX_PIXELS
+from .limits import MAX_INPUT_SIZE, MAX_PIXELS
 
 __all__ = [
     "CLIP_MEAN",
@@ -43,10 +44,28 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114])
 ENTROPY_DECIMALS = 6
+MIN_INPUT_SIZE = 16
+# A smaller std would multiply pixel values by over 255,000: no real normalisation does that.
+MIN_STD = 1e-3
 TRANSFORMS = ("clip", "patch-select")
 # Patches per FFT call. Bands of about this many patches keep the grey values, spectra and entropy terms in
 # the CPU cache: 2-3x faster than one call over a whole 1024x1024 image, and memory stays flat on huge ones.
 _PATCHES_PER_BAND = 64
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _triple(values: Any, name: str, low: float, high: float) -> tuple[float, float, float]:
+    """Three finite real numbers in [low, high] (per-channel RGB statistics), as floats."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence | np.ndarray) or len(values) != 3:
+        raise ValueError(f"preprocess {name} must be a list of 3 numbers, got {values!r}")
+    for value in values:
+        real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+        if not real or not math.isfinite(value) or not low <= value <= high:
+            raise ValueError(f"preprocess {name} must be 3 finite numbers from {low} to {high}, got {list(values)}")
+    return tuple(float(v) for v in values)
 
 
 @dataclass(frozen=True)
@@ -55,10 +74,10 @@ class PreprocessSpec:
 
     Attributes:
         transform: ``"clip"`` or ``"patch-select"``.
-        size: side of the square model input in pixels.
-        mean: per-channel RGB mean, on the 0..1 scale.
-        std: per-channel RGB standard deviation, on the 0..1 scale.
-        patch_size: side of a patch (``patch-select`` only); ``size`` must be a multiple of it.
+        size: side of the square model input in pixels, 16 to `MAX_INPUT_SIZE`.
+        mean: per-channel RGB mean, on the 0..1 scale (each in [0, 1]).
+        std: per-channel RGB standard deviation, on the 0..1 scale (each in [0.001, 1]).
+        patch_size: side of a patch (``patch-select`` only, at least 2); ``size`` must be a multiple of it.
         interpolation: resampling used when resizing; only ``"bicubic"`` is defined.
     """
 
@@ -70,17 +89,21 @@ class PreprocessSpec:
     interpolation: str = "bicubic"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-        if self.transform not in TRANSFORMS:
+        # Types are exact (a manifest saying size "224" or std [0, 0, 0] is damaged, not to be guessed at) and
+        # values bounded: the spec comes from model packages, which are untrusted input.
+        object.__setattr__(self, "mean", _triple(self.mean, "mean", 0.0, 1.0))
+        object.__setattr__(self, "std", _triple(self.std, "std", MIN_STD, 1.0))
+        if not isinstance(self.transform, str) or self.transform not in TRANSFORMS:
             raise ValueError(f"preprocess transform {self.transform!r} is unknown (expected one of {TRANSFORMS})")
-        if not isinstance(self.size, int) or self.size <= 0:
-            raise ValueError(f"preprocess size must be a positive integer, got {self.size!r}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"preprocess mean/std must be 3 values each, std > 0; got {self.mean} / {self.std}")
+        if not _is_int(self.size) or not MIN_INPUT_SIZE <= self.size <= MAX_INPUT_SIZE:
+            raise ValueError(
+                f"preprocess size must be an integer from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}, got {self.size!r}"
+            )
+        if not _is_int(self.patch_size) or self.patch_size < 2:
+            raise ValueError(f"preprocess patch_size must be an integer of at least 2, got {self.patch_size!r}")
         if self.interpolation != "bicubic":
             raise ValueError(f"preprocess interpolation {self.interpolation!r} is unknown (expected 'bicubic')")
-        if self.transform == "patch-select" and (self.patch_size <= 0 or self.size % self.patch_size):
+        if self.transform == "patch-select" and self.size % self.patch_size:
             raise ValueError(f"patch-select size {self.size} is not a multiple of patch_size {self.patch_size}")
 
     @classmethod
@@ -114,7 +137,7 @@ class PreprocessSpec:
             raise ValueError(f"preprocess spec has unknown keys {sorted(unknown)} (known: {sorted(known)})")
         if "transform" not in d:
             raise ValueError("preprocess spec has no 'transform'")
-        return cls(**d)
+        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in d.items()})
 
 
 def resize_shortest_side(image: np.ndarray, size: int) -> np.ndarray:

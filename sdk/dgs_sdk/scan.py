@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import glob
-import json
+import itertools
 import os
 import sys
 import time
@@ -16,12 +15,11 @@ from typing import IO
 from tqdm import tqdm
 
 from .detector import FAKE, Detector, Prediction
+from .results import ResultsFile
 
-__all__ = ["IMAGE_EXTENSIONS", "Target", "ScanConfig", "ScanSummary", "discover", "open_writer", "scan"]
+__all__ = ["IMAGE_EXTENSIONS", "Target", "ScanConfig", "ScanSummary", "discover", "scan"]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
-OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
-COLUMNS = ("path", "probability", "label", "error")
 
 
 @dataclass(frozen=True)
@@ -36,13 +34,28 @@ def _is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _walk(top: str, recursive: bool) -> Iterator[Target]:
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _outside_link(path: str, root: str) -> Target | None:
+    """An error `Target` for a symbolic link at ``path`` that leads out of ``root`` (a real path), else None."""
+    target = os.path.realpath(path)
+    if _inside(target, root):
+        return None
+    return Target(path, f"{path}: symbolic link to {target}, outside the scanned folder {root}; not followed "
+                        "(--follow-symlinks follows it)")
+
+
+def _walk(top: str, recursive: bool, follow_symlinks: bool) -> Iterator[Target]:
     """Image files under ``top``, depth first in sorted order.
 
-    Follows directory symlinks but visits each folder once (by device and inode), so symlink loops end.
-    Hidden entries (names starting with a dot, such as macOS ``._photo.jpg`` resource files) are skipped.
-    Pipes, devices and sockets with an image name are listed: decoding refuses them, unopened, with an error.
+    Symbolic links (to files or folders) are followed while they stay inside ``top``; one that leads out of it
+    gives an error `Target` unless ``follow_symlinks``. Each folder is visited once (by device and inode), so
+    symlink loops end. Hidden entries (names starting with a dot, such as macOS ``._photo.jpg`` resource files)
+    are skipped. Pipes, devices and sockets with an image name are listed: reading refuses them, unopened.
     """
+    root = os.path.realpath(top)
     seen: set[tuple[int, int]] = set()
     stack = [top]
     while stack:
@@ -63,21 +76,34 @@ def _walk(top: str, recursive: bool) -> Iterator[Target]:
             try:
                 is_dir = entry.is_dir()  # follows symlinks
             except OSError:
-                is_dir = False  # decoding reports what is wrong with it
-            if is_dir:
+                is_dir = False  # reading reports what is wrong with it
+            if not (is_dir or _is_image_name(entry.name)):
+                continue
+            outside = None if follow_symlinks or not entry.is_symlink() else _outside_link(entry.path, root)
+            if outside is not None:
+                yield outside
+            elif is_dir:
                 subfolders.append(entry.path)
-            elif _is_image_name(entry.name):
+            else:
                 yield Target(entry.path)
         if recursive:
             stack.extend(reversed(subfolders))
 
 
-def discover(paths: Iterable[str], recursive: bool = True) -> list[Target]:
+def _glob_root(pattern: str) -> str:
+    """The real path of the folder a glob pattern searches under: its leading components without wildcards."""
+    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), Path(pattern).parts))
+    return os.path.realpath(os.path.join(*fixed) if fixed else ".")
+
+
+def discover(paths: Iterable[str], recursive: bool = True, follow_symlinks: bool = False) -> list[Target]:
     """Expand files, folders and glob patterns into the list of files to score.
 
     Files named explicitly are always scored (a non-image then gets an error row); inside folders and among
     the matches of a pattern only files with an image extension (case-insensitive) are taken. A missing path
     or a pattern that matches no image becomes a `Target` with an error, so it is reported, not dropped.
+    Symbolic links found inside a folder or matched by a pattern are followed only while they stay inside it
+    (a pattern's fixed leading folders), unless ``follow_symlinks``.
     """
     targets: list[Target] = []
     seen: set[str] = set()
@@ -88,10 +114,17 @@ def discover(paths: Iterable[str], recursive: bool = True) -> list[Target]:
             seen.add(key)
             targets.append(target)
 
-    def expand(path: str, named: bool) -> int:
-        found = list(_walk(path, recursive)) if os.path.isdir(path) else []
-        if not os.path.isdir(path) and (named or _is_image_name(path)):
-            found = [Target(path)]  # decoding reports missing, unreadable and non-image files
+    def expand(path: str, named: bool, root: str | None = None) -> int:
+        is_dir = os.path.isdir(path)
+        outside = None
+        if root is not None and not follow_symlinks and os.path.islink(path):
+            outside = _outside_link(path, root)
+        if outside is not None:
+            found = [outside] if is_dir or _is_image_name(path) else []
+        elif is_dir:
+            found = list(_walk(path, recursive, follow_symlinks))
+        else:
+            found = [Target(path)] if named or _is_image_name(path) else []  # reading reports what is wrong
         for target in found:
             add(target)
         return len(found)
@@ -100,41 +133,12 @@ def discover(paths: Iterable[str], recursive: bool = True) -> list[Target]:
         if os.path.lexists(arg):
             expand(arg, named=True)
         elif glob.has_magic(arg):
-            if not sum(expand(match, named=False) for match in sorted(glob.glob(arg, recursive=True))):
+            root = _glob_root(arg)
+            if not sum(expand(match, named=False, root=root) for match in sorted(glob.glob(arg, recursive=True))):
                 add(Target(arg, f"{arg}: pattern matched no image files"))
         else:
             add(Target(arg, f"{arg}: no such file or folder"))
     return targets
-
-
-class _CsvWriter:
-    def __init__(self, stream: IO[str]) -> None:
-        self._writer = csv.writer(stream, lineterminator="\n")
-        self._writer.writerow(COLUMNS)
-
-    def write(self, row: dict) -> None:
-        self._writer.writerow(["" if row[c] is None else row[c] for c in COLUMNS])
-
-
-class _JsonlWriter:
-    def __init__(self, stream: IO[str]) -> None:
-        self._stream = stream
-
-    def write(self, row: dict) -> None:
-        self._stream.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def open_writer(stream: IO[str], fmt: str) -> _CsvWriter | _JsonlWriter:
-    """A row writer for ``fmt`` (``"csv"`` or ``"jsonl"``) over an open text stream."""
-    return _CsvWriter(stream) if fmt == "csv" else _JsonlWriter(stream)
-
-
-def output_format(out: str | os.PathLike) -> str:
-    """The output format chosen by a file name's extension."""
-    ext = Path(out).suffix.lower()
-    if ext not in OUTPUT_FORMATS:
-        raise ValueError(f"{os.fspath(out)}: output must end in {' or '.join(OUTPUT_FORMATS)}")
-    return OUTPUT_FORMATS[ext]
 
 
 @dataclass
@@ -148,6 +152,9 @@ class ScanConfig:
     batch_size: int = 32
     workers: int | None = None
     recursive: bool = True
+    follow_symlinks: bool = False
+    resume: bool = False
+    overwrite: bool = False
     backend: str = "auto"
     device: str | None = None
     progress: bool | None = None  # None: a bar when stderr is a terminal
@@ -155,12 +162,13 @@ class ScanConfig:
 
 @dataclass
 class ScanSummary:
-    """Counts and speed of a finished scan."""
+    """Counts and speed of a finished scan; ``resumed`` rows came from the interrupted scan it continued."""
 
     real: int = 0
     fake: int = 0
     errors: int = 0
     seconds: float = 0.0
+    resumed: int = 0
 
     @property
     def scored(self) -> int:
@@ -172,16 +180,25 @@ class ScanSummary:
 
     @property
     def images_per_second(self) -> float:
-        return self.scored / self.seconds if self.seconds > 0 else 0.0
+        return (self.scored - self.resumed) / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def exit_code(self) -> int:
         """0 when every file was scored, 1 when some could not be."""
         return 1 if self.errors else 0
 
+    def count(self, row: dict) -> None:
+        if row["error"]:
+            self.errors += 1
+        elif row["label"] == FAKE:
+            self.fake += 1
+        else:
+            self.real += 1
+
     def line(self) -> str:
+        earlier = f" ({self.resumed} of them from the interrupted scan)" if self.resumed else ""
         return (
-            f"{self.total} files: {self.real} real, {self.fake} fake, {self.errors} errors "
+            f"{self.total} files{earlier}: {self.real} real, {self.fake} fake, {self.errors} errors "
             f"in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s)"
         )
 
@@ -197,17 +214,18 @@ def _predictions(detector: Detector, targets: list[Target]) -> Iterator[Predicti
 def scan(config: ScanConfig, detector: Detector | None = None, stream: IO[str] | None = None) -> ScanSummary:
     """Score every image the config names and write a row per file.
 
-    Rows go to ``config.out`` (CSV or JSONL by extension) or, when it is ``None``, as CSV to ``stream``
-    (standard output by default). The progress bar goes to standard error.
+    Rows go to ``config.out`` (CSV or JSONL by extension, see `dgs_sdk.results`) or, when it is ``None``, as
+    CSV to ``stream`` (standard output by default), a batch at a time, so an interrupted scan loses at most
+    one batch; ``config.resume`` skips the files that already have a row. The output is checked before the
+    model is loaded, and an existing file is replaced or appended to only once the first batch is scored.
+    The progress bar goes to standard error.
 
     Raises:
-        ValueError: the output name has an unknown extension (checked before the model is loaded).
-        DgsError: the model package or backend cannot be used.
-        OSError: the output file cannot be written.
+        ValueError: a bad output name or option combination (checked before the model is loaded).
+        DgsError: the model package or backend cannot be used, or the results cannot be written
+            (`ResultsError`; the file then ends on a whole row).
     """
-    fmt = output_format(config.out) if config.out else "csv"
-    if config.out and not Path(config.out).parent.is_dir():
-        raise ValueError(f"{config.out}: cannot write results, folder {Path(config.out).parent} does not exist")
+    results = ResultsFile(config.out, resume=config.resume, overwrite=config.overwrite, stream=stream)
     detector = detector or Detector(
         config.model,
         backend=config.backend,
@@ -216,26 +234,29 @@ def scan(config: ScanConfig, detector: Detector | None = None, stream: IO[str] |
         threshold=config.threshold,
         workers=config.workers,
     )
-    targets = discover(config.paths, recursive=config.recursive)
-    summary = ScanSummary()
+    summary = ScanSummary(resumed=len(results.previous.rows))
+    for row in results.previous.rows:
+        summary.count(row)
+    done = results.previous.paths
+    targets = [t for t in discover(config.paths, config.recursive, config.follow_symlinks) if t.path not in done]
     start = time.perf_counter()
-    # surrogateescape: a file name that is not valid UTF-8 is written back as its original bytes.
-    out_file = open(config.out, "w", newline="", encoding="utf-8", errors="surrogateescape") if config.out else None
+    pending: list[dict] = []
     try:
-        writer = open_writer(out_file or stream or sys.stdout, fmt)
         quiet = None if config.progress is None else not config.progress  # tqdm: None = only on a terminal
         with tqdm(total=len(targets), unit="img", file=sys.stderr, disable=quiet) as bar:
             for prediction in _predictions(detector, targets):
-                writer.write(prediction.to_dict())
-                if prediction.error:
-                    summary.errors += 1
-                elif prediction.label == FAKE:
-                    summary.fake += 1
-                else:
-                    summary.real += 1
+                row = prediction.to_dict()
+                summary.count(row)
+                pending.append(row)
+                if len(pending) >= detector.batch_size:
+                    results.write(pending)
+                    pending = []
                 bar.update(1)
+        results.write(pending)
+    except (KeyboardInterrupt, SystemExit):
+        results.write(pending)  # rows already scored are kept
+        raise
     finally:
-        if out_file:
-            out_file.close()
+        results.close()
     summary.seconds = time.perf_counter() - start
     return summary

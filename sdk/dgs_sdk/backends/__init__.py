@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from ..errors import BackendUnavailable
+import numpy as np
+
+from ..errors import BackendUnavailable, ModelPackageError
 from ..package import ModelPackage
 from .base import Backend
 from .onnxruntime import OnnxRuntimeBackend
 
-__all__ = ["Backend", "BACKENDS", "AUTO_ORDER", "available_backends", "create_backend"]
+__all__ = ["Backend", "BACKENDS", "AUTO_ORDER", "available_backends", "create_backend", "smoke_check"]
 
 BACKENDS: dict[str, type[Backend]] = {
     OnnxRuntimeBackend.name: OnnxRuntimeBackend,
@@ -22,14 +24,35 @@ def available_backends() -> list[str]:
 
 
 def create_backend(name: str, package: ModelPackage, device: str | None = None) -> Backend:
-    """Instantiate backend ``name`` (or the best available for ``"auto"``) for a loaded package."""
+    """Instantiate backend ``name`` (or the best available for ``"auto"``) for a loaded package, and run its
+    `smoke_check`."""
     if name == "auto":
-        for candidate in AUTO_ORDER:
-            if BACKENDS[candidate].is_available():
-                return BACKENDS[candidate](package, device)
-        raise BackendUnavailable(f"no inference backend is available (tried {', '.join(AUTO_ORDER)})")
+        candidates = [c for c in AUTO_ORDER if BACKENDS[c].is_available()]
+        if not candidates:
+            raise BackendUnavailable(f"no inference backend is available (tried {', '.join(AUTO_ORDER)})")
+        name = candidates[0]
     if name not in BACKENDS:
         raise BackendUnavailable(f"backend {name!r} is unknown (known: auto, {', '.join(BACKENDS)})")
     if not BACKENDS[name].is_available():
         raise BackendUnavailable(f"backend {name!r} cannot be imported here")
-    return BACKENDS[name](package, device)
+    backend = BACKENDS[name](package, device)
+    smoke_check(backend)
+    return backend
+
+
+def smoke_check(backend: Backend) -> None:
+    """Run the model once on a plain grey image (zeros after normalisation) before it scores anything.
+
+    A graph that computes an output other than one logit per image, or a non-finite logit, is refused here,
+    at load, rather than halfway through a scan.
+
+    Raises:
+        ModelPackageError: naming the package and what the graph gave.
+    """
+    size = backend.package.manifest.preprocess.size
+    logits = backend.run(np.zeros((backend.fixed_batch or 1, 3, size, size), np.float32))
+    if not np.isfinite(logits).all():
+        raise ModelPackageError(
+            f"{backend.where}: gives a non-finite logit ({logits[~np.isfinite(logits)][0]}) for a plain grey image; "
+            "the model is broken"
+        )

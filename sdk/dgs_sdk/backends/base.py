@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..errors import ModelPackageError
 from ..package import ModelPackage
 
 __all__ = ["Backend"]
@@ -17,9 +18,16 @@ class Backend(ABC):
 
     A backend is created from a verified `ModelPackage` and a device string (``None`` = best available,
     ``"cpu"``, ``"cuda"`` or ``"cuda:N"``). Heavy runtimes are imported inside the backend, never at SDK import.
+    Subclasses implement `_infer` for one batch of the graph's own size; `run` takes any number of images
+    (splitting and padding them for a graph of fixed batch) and checks every output the graph gives.
     """
 
     name: ClassVar[str]
+
+    def __init__(self, package: ModelPackage, device: str | None = None) -> None:
+        self.package = package
+        self.where = f"{package.path}: {package.manifest.model_file}"
+        self.fixed_batch = package.fixed_batch  # None: the graph takes any batch size
 
     @classmethod
     @abstractmethod
@@ -27,11 +35,8 @@ class Backend(ABC):
         """Whether this backend's runtime can be imported here (cheap, no model needed)."""
 
     @abstractmethod
-    def __init__(self, package: ModelPackage, device: str | None = None) -> None: ...
-
-    @abstractmethod
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """Logits of "fake" ``[B]`` float32 for a preprocessed batch ``[B, 3, S, S]`` float32."""
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        """The graph's raw output for ``batch`` ``[B, 3, S, S]`` float32, B being the graph's batch if fixed."""
 
     @property
     @abstractmethod
@@ -40,3 +45,29 @@ class Backend(ABC):
 
     def describe(self) -> str:
         return f"{self.name} on {self.device}"
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Logits of "fake" ``[B]`` float32 for a preprocessed batch ``[B, 3, S, S]`` float32.
+
+        Raises:
+            ModelPackageError: the graph gave an output other than one logit per image.
+        """
+        batch = np.ascontiguousarray(batch, np.float32)
+        k = self.fixed_batch
+        if k is None or len(batch) == k:
+            return self._checked(self._infer(batch), len(batch))
+        out = []
+        for start in range(0, len(batch), k):
+            chunk = batch[start : start + k]
+            padded = np.concatenate([chunk, np.zeros((k - len(chunk), *chunk.shape[1:]), np.float32)])
+            out.append(self._checked(self._infer(padded), k)[: len(chunk)])
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    def _checked(self, output: np.ndarray, images: int) -> np.ndarray:
+        output = np.asarray(output)
+        if output.shape != (images,) or output.dtype.kind != "f":
+            raise ModelPackageError(
+                f"{self.where}: gave {output.dtype} output of shape {list(output.shape)} for a batch of {images}; "
+                f"a dgs model gives one float logit per image ([{images}])"
+            )
+        return output.astype(np.float32, copy=False)
