@@ -12,11 +12,14 @@ from dgs_sdk.image import load_image
 from dgs_sdk.scan import discover
 from dgs_trainer.data import load_samples
 from dgs_trainer.eval_run import run_threshold
+from dgs_trainer.run_folder import RunFolder
 from dgs_trainer.train import load_run
 
 from .onnx_export import DEFAULT_OPSET, export_package
 
-__all__ = ["ExportConfig", "parity_images", "export_run"]
+__all__ = ["PACKAGE_SUFFIX", "ExportConfig", "check_package_path", "parity_images", "export_run"]
+
+PACKAGE_SUFFIX = ".dgs"
 
 
 @dataclass
@@ -44,6 +47,21 @@ def parity_images(paths: list[str], limit: int) -> list[np.ndarray]:
     return images
 
 
+def check_package_path(out: str | Path, run: str | Path) -> None:
+    """Refuse an ``out`` that is not a ``.dgs`` file name, or that is, or lies inside, one of the run's own files
+    or folders (writing there would destroy the run). Another name in the run folder (``RUN/model.dgs``) is fine.
+
+    Raises:
+        ValueError: the message names ``out`` and what is wrong with it.
+    """
+    if Path(out).suffix.lower() != PACKAGE_SUFFIX:
+        raise ValueError(f"--out {out}: a model package's name must end in {PACKAGE_SUFFIX}")
+    entry = RunFolder(run).entry_holding(out)
+    if entry is not None:
+        raise ValueError(f"--out {out}: {entry} belongs to the run, a package cannot be written over it or into it "
+                         f"(write it elsewhere, e.g. {Path(run) / 'model.dgs'})")
+
+
 def _image_paths(config: ExportConfig, train_config) -> tuple[list[str], str]:
     if config.calib:
         targets = [t.path for t in discover([config.calib]) if t.error is None]
@@ -57,16 +75,18 @@ def export_run(config: ExportConfig) -> Path:
     """Export the run's inference network and write a verified package: LoRA merged and the image head only
     for DGS-Net runs; the prompted image encoder and the two class anchors for MiraGe runs.
 
-    Parity images are the run's validation images, else its training images, or those under ``calib``.
+    Parity images are the run's validation images, else its training images, or those under ``calib``. The run is
+    read and checked (config, tensors, calibrated threshold) before anything is written.
     """
+    check_package_path(config.out, config.run)
     if config.batch != "dynamic" and not (config.batch.isdigit() and int(config.batch) > 0):
         raise ValueError(f"--batch must be 'dynamic' or a positive integer, got {config.batch!r}")
     train_config, spec, method, record = load_run(config.run)
+    threshold, threshold_source = run_threshold(config.run)  # checked before anything is written
     paths, source = _image_paths(config, train_config)
     images = parity_images(paths, config.max_images)
     if not images:
         raise ValueError(f"{source}: no readable images to verify the export with (give some with --calib DIR)")
-    threshold, threshold_source = run_threshold(config.run)
     provenance = dict(record.get("provenance", {}))
     provenance.update({
         "method": train_config.method,

@@ -8,13 +8,12 @@ run's ``arch`` and ``pretrained``. safetensors holds flat tensors, so the optimi
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
+
+from .run_folder import RunFolderError, atomic_save, check_tensors, read_tensors
 
 __all__ = [
     "TRAINED_MODULES",
@@ -23,8 +22,8 @@ __all__ = [
     "load_trained_state",
     "atomic_save",
     "save_checkpoint",
-    "read_checkpoint",
     "restore_optimizer",
+    "restore_schedule",
     "restore_rng",
     "load_head",
 ]
@@ -33,7 +32,7 @@ __all__ = [
 TRAINED_MODULES = ("head", "img_fc", "text_fc", "probe_fc", "prompts", "memory")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(RunFolderError):
     """A checkpoint does not fit the model it is loaded into."""
 
 
@@ -47,17 +46,12 @@ def trained_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_trained_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    expected = set(trained_state(module))
-    if set(state) != expected:
-        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-        raise CheckpointError(f"{source}: does not fit this model (missing {missing[:4]}, unexpected {extra[:4]})")
+    """Load the trained tensors `trained_state` names, after checking their names and shapes."""
+    try:
+        check_tensors(state, trained_state(module), source)
+    except RunFolderError as e:
+        raise CheckpointError(str(e)) from None
     module.load_state_dict(state, strict=False)
-
-
-def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
@@ -70,19 +64,44 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, json.dumps(state["param_groups"])
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: str) -> None:
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: str, source: str = "checkpoint"
+) -> None:
+    """Put back the optimizer state `save_checkpoint` flattened, after checking it fits ``optimizer``."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
+            parts = key.split(".", 2)
+            index, name = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
+            if not index.isdigit() or int(index) >= len(params) or not name:
+                raise CheckpointError(f"{source}: optimizer tensor {key} belongs to no parameter of this model")
+            # Per-parameter slots (moments, momentum) have the parameter's shape; Adam's step count is a scalar.
+            if value.dim() > 0 and value.shape != params[int(index)].shape:
+                raise CheckpointError(f"{source}: optimizer tensor {key} has shape {list(value.shape)}, its "
+                                      f"parameter {list(params[int(index)].shape)}")
             state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": json.loads(groups)})
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": json.loads(groups)})
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{source}: the optimizer state does not fit this model ({e})") from None
+
+
+def restore_schedule(schedule, metadata: dict[str, str], source: str = "checkpoint") -> None:
+    """Put back the learning-rate schedule `save_checkpoint` stored in the metadata."""
+    if "schedule" not in metadata:
+        raise CheckpointError(f"{source}: holds no learning-rate schedule, which this method needs")
+    try:
+        schedule.load_state_dict(json.loads(metadata["schedule"]))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{source}: the learning-rate schedule does not fit this method ({e})") from None
 
 
 def load_head(path: Path, dim: int) -> nn.Linear:
-    """A linear head ``dim -> 1`` from a safetensors file of one module's state (``<name>.weight``, ``<name>.bias``)."""
+    """A linear head ``dim -> 1`` from a safetensors file of a probe's trained state (``head.weight``,
+    ``head.bias``), as DGS-Net's first stage saves it."""
     head = nn.Linear(dim, 1)
-    state = load_file(str(path))
+    state = read_tensors(path, {f"head.{k}": v for k, v in head.state_dict().items()})
     head.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items()})
     return head
 
@@ -106,13 +125,3 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
-
-
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, int], dict[str, str]]:
-    """Tensors, position and metadata (optimizer ``param_groups``, ``schedule`` when there is one) of a
-    checkpoint written by `save_checkpoint`."""
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    return load_file(str(path)), json.loads(meta["position"]), meta
-
-

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import click
 
+from .config import METHODS, TrainConfig, TrainError
 from .data import DataLayoutError
-from .train import METHODS, TrainConfig, TrainError
+from .run_folder import RunFolder
 
 __all__ = ["train", "eval_command"]
 
@@ -99,8 +100,7 @@ def train(resume_run, progress, **fields) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if resume_run:
-            record = json.loads((Path(resume_run) / "config.json").read_text())
-            config = TrainConfig(**{**record["config"], "out": resume_run})  # the run may have moved
+            config = RunFolder(resume_run).read_config()
         else:
             if not fields["data"] or not fields["out"]:
                 _fail("--data and --out are required (or --resume RUN)")
@@ -136,6 +136,9 @@ def eval_command(run, data, split, threshold, calibrate, json_out, batch_size, d
                         batch_size=batch_size, device=device, workers=workers)
     if json_out and not Path(json_out).resolve().parent.is_dir():
         _fail(f"{json_out}: cannot write the metrics, its folder does not exist")
+    owned = RunFolder(run).entry_holding(json_out) if json_out else None
+    if owned:
+        _fail(f"--json {json_out}: {owned} belongs to the run, the metrics cannot be written over it or into it")
     try:
         report = evaluate_run(config)
     except (TrainError, DataLayoutError, ValueError, OSError) as e:

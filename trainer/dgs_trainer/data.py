@@ -141,14 +141,16 @@ def read_manifest(path: str | os.PathLike) -> list[Sample]:
     """Samples from a CSV with a header ``path,label[,generator]``.
 
     Labels are 0/1 or any label synonym; relative paths are taken from the CSV's folder. The generator
-    defaults to the CSV file's stem.
+    defaults to the CSV file's stem. A UTF-8 byte order mark (as Excel writes) is allowed. Listed files that do
+    not exist are counted in a log line.
 
     Raises:
-        DataLayoutError: missing columns, an unknown label, or no rows; the message names the line.
+        DataLayoutError: missing columns, an unknown label, no rows, or none of the listed files exists; the
+            message names the line.
     """
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
             columns = set(rows[0]) if rows else set()
     except (OSError, UnicodeDecodeError) as e:
@@ -166,6 +168,13 @@ def read_manifest(path: str | os.PathLike) -> list[Sample]:
         file = Path(row["path"])
         file = file if file.is_absolute() else path.parent / file
         samples.append(Sample(str(file), label, (row.get("generator") or "").strip() or path.stem))
+    missing = [s.path for s in samples if not os.path.isfile(s.path)]
+    if len(missing) == len(samples):
+        raise DataLayoutError(f"{path}: none of the {len(samples)} files it lists exists (e.g. {missing[0]}; "
+                              "relative paths are taken from the manifest's folder)")
+    if missing:
+        log.warning("%s: %d of the %d files it lists do not exist (e.g. %s); they are skipped", path, len(missing),
+                    len(samples), missing[0])
     return samples
 
 

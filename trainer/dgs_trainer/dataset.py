@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -13,9 +14,9 @@ from dgs_sdk.errors import DgsError
 from dgs_sdk.image import load_image
 from dgs_sdk.preprocess import PreprocessSpec, crop_image, normalize
 
-from .data import Sample
+from .data import FAKE, REAL, Sample
 
-__all__ = ["ImageDataset", "collate_skipping_unreadable"]
+__all__ = ["ImageDataset", "ImageUsage", "collate_skipping_unreadable"]
 
 
 class ImageDataset(Dataset):
@@ -23,8 +24,8 @@ class ImageDataset(Dataset):
 
     At train time the ``patch-select`` mosaic order is shuffled and the model input is flipped horizontally
     with probability 0.5 (after patch selection, as DGS-Net does), both drawn from a generator seeded by
-    ``(seed, epoch, index)``: a run resumed at an epoch sees the same inputs. An unreadable file gives ``None``,
-    which `collate_skipping_unreadable` drops and counts.
+    ``(seed, epoch, index)``: a run resumed at an epoch sees the same inputs. An unreadable file gives an item
+    without ``image`` (its ``index``, ``label`` and ``error``), which `collate_skipping_unreadable` drops and counts.
     """
 
     def __init__(
@@ -43,12 +44,12 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
         try:
             image = load_image(sample.path)
-        except DgsError:
-            return None
+        except DgsError as e:
+            return {"index": index, "label": sample.label, "error": str(e)}
         rng = np.random.default_rng((self.seed, self.epoch, index)) if self.train else None
         crop = crop_image(image, self.spec, rng)  # [S, S, 3] uint8
         if rng is not None and self.hflip and rng.random() < 0.5:
@@ -60,12 +61,44 @@ class ImageDataset(Dataset):
         }
 
 
-def collate_skipping_unreadable(items: list[dict[str, Any] | None]) -> dict[str, Any]:
-    """Stack the readable items of a batch; ``skipped`` counts the unreadable ones."""
-    good = [item for item in items if item is not None]
-    batch: dict[str, Any] = {"skipped": len(items) - len(good)}
+def collate_skipping_unreadable(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the readable items of a batch.
+
+    ``skipped`` counts the unreadable ones and ``errors`` holds their messages; ``used`` and ``skipped_by_label``
+    count the readable and unreadable images per label (``[real, fake]``).
+    """
+    good = [item for item in items if "image" in item]
+    bad = [item for item in items if "image" not in item]
+    used, skipped_by_label = [0, 0], [0, 0]
+    for item in good:
+        used[int(item["label"])] += 1
+    for item in bad:
+        skipped_by_label[int(item["label"])] += 1
+    batch: dict[str, Any] = {"skipped": len(bad), "errors": [item["error"] for item in bad], "used": used,
+                             "skipped_by_label": skipped_by_label}
     if good:
         batch["image"] = torch.stack([item["image"] for item in good])
         batch["label"] = torch.stack([item["label"] for item in good])
         batch["index"] = torch.tensor([item["index"] for item in good])
     return batch
+
+
+@dataclass
+class ImageUsage:
+    """Images used and skipped per label (``[real, fake]``) over the batches of an epoch, and one example error."""
+
+    used: list[int] = field(default_factory=lambda: [0, 0])
+    skipped_by_label: list[int] = field(default_factory=lambda: [0, 0])
+    example: str | None = None
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.skipped_by_label)
+
+    def add(self, batch: dict[str, Any]) -> None:
+        """Count a batch made by `collate_skipping_unreadable`."""
+        for label in (REAL, FAKE):
+            self.used[label] += batch["used"][label]
+            self.skipped_by_label[label] += batch["skipped_by_label"][label]
+        if self.example is None and batch["errors"]:
+            self.example = batch["errors"][0]

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .config import TrainError
 from .data import load_samples
 from .evaluate import best_balanced_threshold, metrics_by_generator, predict_samples
+from .run_folder import CALIBRATION_FILE, RunFolder
 from .train import load_run, resolve_device
 
 __all__ = ["CALIBRATION_FILE", "EvalConfig", "evaluate_run", "run_threshold"]
-
-CALIBRATION_FILE = "calibration.json"
 
 
 @dataclass
@@ -33,11 +32,12 @@ class EvalConfig:
 
 
 def run_threshold(run: str | Path) -> tuple[float, str]:
-    """The run's calibrated threshold and ``"calibrated"``, or 0.5 and ``"default"`` when it has none."""
-    calibration = Path(run) / CALIBRATION_FILE
-    if calibration.exists():
-        return float(json.loads(calibration.read_text())["threshold"]), "calibrated"
-    return 0.5, "default"
+    """The run's calibrated threshold and ``"calibrated"``, or 0.5 and ``"default"`` when it has none.
+
+    Raises:
+        RunFolderError: calibration.json is not JSON, or its threshold is not a number from 0 to 1.
+    """
+    return RunFolder(run).read_threshold()
 
 
 def evaluate_run(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
@@ -49,22 +49,29 @@ def evaluate_run(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     """
     device = resolve_device(config.device)
     _, spec, model, _ = load_run(config.run, device=str(device))
+    # Settled before any image is scored, so that a damaged calibration.json stops evaluation at once.
+    threshold, source = config.threshold, "given"  # with calibrate and no threshold, set once calibrated
+    if config.threshold is None and not config.calibrate:
+        threshold, source = run_threshold(config.run)
     samples = load_samples(config.data, config.split)
     probabilities, unreadable = predict_samples(
         model, samples, spec, config.batch_size, device, config.workers, progress=progress
     )
+    if unreadable == len(samples):
+        raise TrainError(f"{config.data}: none of its {len(samples)} images could be read (e.g. {samples[0].path}); "
+                         "there is nothing to evaluate")
     labels = np.array([s.label for s in samples])
     try:
         oracle, oracle_accuracy = best_balanced_threshold(labels, probabilities)
     except ValueError:
         oracle, oracle_accuracy = float("nan"), float("nan")
-    calibration = Path(config.run) / CALIBRATION_FILE
     if config.calibrate:
         if np.isnan(oracle):
             raise ValueError(f"{config.data}: calibration needs both real and fake images")
-        calibration.write_text(json.dumps({"threshold": oracle, "balanced_accuracy": oracle_accuracy,
-                                           "data": str(config.data), "split": config.split}, indent=2))
-    threshold, source = (config.threshold, "given") if config.threshold is not None else run_threshold(config.run)
+        RunFolder(config.run).write_calibration({"threshold": oracle, "balanced_accuracy": oracle_accuracy,
+                                                 "data": str(config.data), "split": config.split})
+        if config.threshold is None:
+            threshold, source = oracle, "calibrated"
     return {
         "run": str(config.run),
         "data": str(config.data),

@@ -1,61 +1,50 @@
 """Training runs: a run folder with the resolved config, safetensors checkpoints, metrics and resumption.
 
-Run folder::
-
-    RUN/
-    ├── config.json              the resolved `TrainConfig`, preprocessing spec and provenance
-    ├── metrics.jsonl            one JSON line per optimizer step and per validation
-    ├── checkpoints/last.safetensors   trained tensors, optimizer state, position (stage, epoch, batch)
-    ├── probe.safetensors        DGS-Net's stage-1 probe head (dgs method only)
-    ├── backbone.safetensors     the backbone, only when it was randomly initialised (--pretrained none)
-    └── model.safetensors        the trained tensors of the finished run (LoRA, heads, prompts)
-
-Only trained tensors are stored; the frozen backbone comes from ``arch`` and ``pretrained`` again (a random
-one, ``--pretrained none``, is kept in the run since it cannot be rebuilt).
+The run folder's layout and its files belong to `dgs_trainer.run_folder`. Only trained tensors are stored; the
+frozen backbone comes from ``arch`` and ``pretrained`` again (a random one, ``--pretrained none``, is kept in the
+run since it cannot be rebuilt).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dgs_sdk.preprocess import PreprocessSpec
 
-from .captions import DEFAULT_CAPTION_TEMPLATE, load_captions
+from .captions import load_captions
 from .checkpoint import (
     atomic_save,
     load_head,
     load_trained_state,
-    read_checkpoint,
     restore_optimizer,
     restore_rng,
+    restore_schedule,
     save_checkpoint,
     trained_state,
 )
+from .config import METHODS, TrainConfig, TrainError
 from .data import FAKE, REAL, Sample, load_samples
-from .dataset import ImageDataset, collate_skipping_unreadable
+from .dataset import ImageDataset, ImageUsage, collate_skipping_unreadable
 from .evaluate import metrics_by_generator, predict_samples
-from .lora import PROJECTIONS, LoRAConfig
 from .methods.dgs import DGSNet
 from .methods.lora import LoRAClassifier
-from .methods.mirage import MiraGe, MiraGeConfig
+from .methods.mirage import MiraGe
 from .methods.probe import LinearProbe
 from .models import create_clip
+from .run_folder import MetricsLog, RunFolder, RunFolderError, read_tensors
 
 __all__ = [
     "METHODS",
@@ -69,131 +58,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-METHODS = ("probe", "lora", "dgs", "mirage")
-BACKBONE_FILE = "backbone.safetensors"
-# Per-method defaults of --epochs, --lr and --preprocess: DGS-Net's published schedule (Adam, constant lr) for
-# probe, lora and dgs; MaPLe's ViT-B/16 recipe for mirage (SGD, 5 epochs, one of constant warm-up at 1e-5, then
-# cosine), since the MiraGe paper builds on MaPLe and its own optimiser settings are not published with code.
-DEFAULT_EPOCHS = {"probe": 3, "lora": 1, "dgs": 1, "mirage": 5}
-DEFAULT_LR = {"probe": 1e-4, "lora": 1e-4, "dgs": 1e-4, "mirage": 3.5e-3}
-DEFAULT_PREPROCESS = {"probe": "patch-select", "lora": "patch-select", "dgs": "patch-select", "mirage": "clip"}
-
-
-class TrainError(ValueError):
-    """A training run cannot start or continue; the message says why."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on; `dgs train` fills it from its flags.
-
-    Defaults are DGS-Net's published settings (ViT-L/14 `openai`, LoRA r = alpha = 6 with dropout 0.8 on q, k, v
-    of every vision block, Adam lr 1e-4, batch 32, probe 3 epochs then surgery 1 epoch, lambda = 0.2,
-    patch-select preprocessing with horizontal flips). ``epochs``, ``lr`` and ``preprocess`` left as ``None``
-    take the method's default (`DEFAULT_EPOCHS`, `DEFAULT_LR`, `DEFAULT_PREPROCESS`); MiraGe's settings are the
-    ``prompt_*``, ``dis_weight``, ``memory_size``, ``temperature`` fields and SGD's ``momentum``,
-    ``weight_decay``, ``warmup_epochs`` and ``warmup_lr``.
-    """
-
-    data: str
-    out: str
-    method: str = "dgs"
-    arch: str = "ViT-L-14"
-    pretrained: str = "openai"
-    val: str | None = None
-    split: str | None = None
-    val_split: str | None = None
-    epochs: int | None = None
-    probe_epochs: int = 3
-    batch_size: int = 32
-    accumulate: int = 1
-    lr: float | None = None
-    beta1: float = 0.9
-    beta2: float = 0.999
-    lora_rank: int = 6
-    lora_alpha: float = 6.0
-    lora_dropout: float = 0.8
-    lora_targets: str = "q,k,v"
-    lora_blocks: str = "all"
-    help_weight: float = 0.2
-    prompt_tokens: int = 2
-    prompt_depth: int = 9
-    prompt_context: str = "a photo of a"
-    dis_weight: float = 0.1
-    memory_size: int = 64
-    temperature: float = 0.07
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    captions: str | None = None
-    caption_template: str = DEFAULT_CAPTION_TEMPLATE
-    preprocess: str | None = None
-    hflip: bool = True
-    device: str = "auto"
-    workers: int = 2
-    seed: int = 0
-    save_every: int = 0
-    tensorboard: bool = False
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise TrainError(f"method {self.method!r} is unknown (expected one of {', '.join(METHODS)})")
-        for name in ("batch_size", "accumulate", "probe_epochs", "lora_rank"):
-            if getattr(self, name) < 1:
-                raise TrainError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.epochs is not None and self.epochs < 1:
-            raise TrainError(f"epochs must be at least 1, got {self.epochs}")
-        if self.lr is None:
-            self.lr = DEFAULT_LR[self.method]
-        if self.preprocess is None:
-            self.preprocess = DEFAULT_PREPROCESS[self.method]
-        if not self.lr > 0:
-            raise TrainError(f"lr must be positive, got {self.lr}")
-        self.lora()  # --lora-* and MiraGe's flags are checked before anything runs
-        self.mirage()
-        if self.method == "mirage":
-            if not 0 <= self.warmup_epochs < self.stages()[-1][1]:
-                raise TrainError(f"warmup_epochs must be at least 0 and fewer than the {self.stages()[-1][1]} "
-                                 f"training epochs, got {self.warmup_epochs}")
-            if not 0 <= self.warmup_lr <= self.lr:
-                raise TrainError(f"warmup_lr must be between 0 and lr ({self.lr}), got {self.warmup_lr}")
-            if self.weight_decay < 0 or not 0 <= self.momentum < 1:
-                raise TrainError("weight_decay cannot be negative and momentum must be in [0, 1)")
-
-    def lora(self) -> LoRAConfig:
-        targets = tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
-        try:
-            blocks = None if self.lora_blocks == "all" else tuple(int(b) for b in self.lora_blocks.split(","))
-        except ValueError:
-            raise TrainError(
-                f"--lora-blocks must be 'all' or comma-separated integers, got {self.lora_blocks!r}"
-            ) from None
-        try:
-            return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, targets or PROJECTIONS, blocks)
-        except ValueError as e:
-            raise TrainError(str(e)) from None
-
-    def mirage(self) -> MiraGeConfig:
-        try:
-            return MiraGeConfig(self.prompt_tokens, self.prompt_depth, self.prompt_context, self.dis_weight,
-                                self.memory_size, self.temperature)
-        except ValueError as e:
-            raise TrainError(str(e)) from None
-
-    def stages(self) -> list[tuple[str, int]]:
-        """(stage, epochs) in order: dgs trains a probe first, the others train themselves."""
-        if self.method == "dgs":
-            return [("probe", self.probe_epochs), ("dgs", self.epochs or DEFAULT_EPOCHS["dgs"])]
-        return [(self.method, self.epochs or DEFAULT_EPOCHS[self.method])]
-
-    def preprocess_spec(self, image_size: int) -> PreprocessSpec:
-        if self.preprocess == "patch-select":
-            return PreprocessSpec.patch_select(size=image_size)
-        if self.preprocess == "clip":
-            return PreprocessSpec.clip(size=image_size)
-        raise TrainError(f"preprocess {self.preprocess!r} is unknown (expected patch-select or clip)")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -274,32 +138,6 @@ def build_optimizer(stage: str, method: nn.Module, config: TrainConfig, steps_pe
     return optimizer, schedulers.SequentialLR(optimizer, [constant, cosine], milestones=[warmup])
 
 
-class _MetricsLog:
-    def __init__(self, run: Path, tensorboard: bool) -> None:
-        self.file = open(run / "metrics.jsonl", "a", encoding="utf-8")
-        self.writer = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                log.warning("tensorboard is not installed (pip install tensorboard); no TensorBoard log is written")
-            else:
-                self.writer = SummaryWriter(str(run / "tensorboard"))
-
-    def write(self, record: dict[str, Any], step: int) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
-                    self.writer.add_scalar(f"{record.get('kind', 'train')}/{key}", value, step)
-
-    def close(self) -> None:
-        self.file.close()
-        if self.writer is not None:
-            self.writer.close()
-
-
 def _check_classes(samples: list[Sample], root: str) -> None:
     labels = {s.label for s in samples}
     for label, name in ((REAL, "real"), (FAKE, "fake")):
@@ -309,16 +147,22 @@ def _check_classes(samples: list[Sample], root: str) -> None:
 
 def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train a run described by ``config`` into ``config.out``; with ``resume``, continue it from its last
-    checkpoint (config, data order and optimizer state included). Returns the run folder."""
-    run = Path(config.out)
-    checkpoint_path = run / "checkpoints" / "last.safetensors"
+    checkpoint (config, data order and optimizer state included). Returns the run folder.
+
+    Raises:
+        TrainError: the run cannot start or continue, e.g. an epoch that ran from its first batch could read no
+            real or no fake image (checked before that epoch's checkpoint, so no model is written).
+        RunFolderError: on resume, a file of the run is missing or damaged; the message names it.
+    """
+    run = RunFolder(config.out)
+    checkpoint_path = run.checkpoint_file
     position = {"stage": 0, "epoch": 0, "batch": 0, "step": 0}
     resumed: dict[str, torch.Tensor] = {}
     saved: dict[str, str] = {}  # the checkpoint's optimizer groups and schedule
     if resume:
         if not checkpoint_path.exists():
             raise TrainError(f"{run}: no checkpoint to resume from ({checkpoint_path} is missing)")
-        resumed, position, saved = read_checkpoint(checkpoint_path)
+        resumed, position, saved = run.read_checkpoint()
         if position["stage"] >= len(config.stages()):
             raise TrainError(f"{run}: this run has already finished")
         log.info("resuming %s at stage %d, epoch %d, batch %d", run, position["stage"], position["epoch"],
@@ -342,8 +186,7 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Pat
         if not -blocks <= index < blocks:
             raise TrainError(f"--lora-blocks: block {index} does not exist ({config.arch} has {blocks} vision blocks)")
 
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "checkpoints").mkdir(exist_ok=True)
+    run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
     _keep_random_backbone(clip, config, run, resume)
     if not resume:
         record = {
@@ -356,7 +199,7 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Pat
                 "torch": torch.__version__,
             },
         }
-        (run / "config.json").write_text(json.dumps(record, indent=2))
+        run.write_record(record)
 
     caption_tokens = None
     if config.method == "dgs":
@@ -367,13 +210,13 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Pat
 
     dataset = ImageDataset(samples, spec, train=True, seed=config.seed, hflip=config.hflip)
     autocast = device.type == "cuda"
-    metrics = _MetricsLog(run, config.tensorboard)
+    metrics = MetricsLog(run, config.tensorboard, resume_step=position["step"] if resume else None)
     probe_head: nn.Linear | None = None
     try:
         for stage_index, (stage, epochs) in enumerate(config.stages()):
             if stage_index < position["stage"]:
                 if stage == "probe":
-                    probe_head = load_head(run / "probe.safetensors", clip.visual.output_dim)
+                    probe_head = load_head(run.probe_file, clip.visual.output_dim)
                 continue
             resuming_here = bool(resumed) and stage_index == position["stage"]
             # A checkpoint at the very start of a stage holds the previous stage's module: this stage starts
@@ -387,9 +230,9 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Pat
             if resuming_here and not at_stage_start:
                 trained = {k: v for k, v in resumed.items() if not k.startswith(("optimizer.", "rng."))}
                 load_trained_state(method, trained, str(checkpoint_path))
-                restore_optimizer(optimizer, resumed, saved["param_groups"])
+                restore_optimizer(optimizer, resumed, saved["param_groups"], str(checkpoint_path))
                 if schedule is not None:
-                    schedule.load_state_dict(json.loads(saved["schedule"]))
+                    restore_schedule(schedule, saved, str(checkpoint_path))
                 restore_rng(resumed)
             start_epoch = position["epoch"] if stage_index == position["stage"] else 0
             for epoch in range(start_epoch, epochs):
@@ -402,16 +245,17 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Pat
                 save_checkpoint(method, optimizer, checkpoint_path, position, schedule)
                 if val_samples:
                     scores = _validate(method, val_samples, spec, config, device)
-                    metrics.write({"kind": "val", "stage": stage, "epoch": epoch + 1, **scores}, position["step"])
+                    metrics.write({"kind": "val", "stage": stage, "epoch": epoch + 1, "step": position["step"],
+                                   **scores}, position["step"])
             if stage == "probe" and config.method == "dgs":
-                atomic_save(trained_state(method), run / "probe.safetensors")
-                probe_head = load_head(run / "probe.safetensors", clip.visual.output_dim)
+                atomic_save(trained_state(method), run.probe_file)
+                probe_head = load_head(run.probe_file, clip.visual.output_dim)
             position = {"stage": stage_index + 1, "epoch": 0, "batch": 0, "step": position["step"]}
             save_checkpoint(method, optimizer, checkpoint_path, position, schedule)
-        atomic_save(trained_state(method), run / "model.safetensors")
+        atomic_save(trained_state(method), run.model_file)
     finally:
         metrics.close()
-    return run
+    return run.path
 
 
 def _train_epoch(method, optimizer, schedule, dataset, config, stage, stage_index, epoch, epochs, start_batch, step,
@@ -433,13 +277,14 @@ def _train_epoch(method, optimizer, schedule, dataset, config, stage, stage_inde
     batches_total = -(-len(dataset) // config.batch_size)
     bar = tqdm(total=batches_total, initial=start_batch, desc=f"{stage} {epoch + 1}/{epochs}", unit="batch",
                disable=not progress, dynamic_ncols=True)
-    batch_index, skipped, started = start_batch, 0, time.perf_counter()
+    batch_index, started = start_batch, time.perf_counter()
     seen = 0
+    usage = ImageUsage()
     optimizer.zero_grad(set_to_none=True)
     with bar:
         for micro, batch in enumerate(loader, start=1):
             batch_index += 1
-            skipped += batch["skipped"]
+            usage.add(batch)
             if "image" in batch:
                 images, labels = batch["image"].to(device), batch["label"].to(device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -463,9 +308,24 @@ def _train_epoch(method, optimizer, schedule, dataset, config, stage, stage_inde
                                     {"stage": stage_index, "epoch": epoch, "batch": batch_index, "step": step},
                                     schedule)
             bar.update(1)
-    if skipped:
-        log.warning("%s epoch %d: %d unreadable images were skipped", stage, epoch + 1, skipped)
+    if usage.skipped:
+        log.warning("%s epoch %d: %d unreadable images were skipped (e.g. %s)", stage, epoch + 1, usage.skipped,
+                    usage.example)
+    if start_batch == 0:  # a resumed epoch saw only part of the data: its counts prove nothing
+        _check_usable(usage, config.data, f"{stage} epoch {epoch + 1}")
     return {"stage": stage_index, "epoch": epoch, "batch": batch_index, "step": step}
+
+
+def _check_usable(usage: ImageUsage, root: str, when: str) -> None:
+    """A whole epoch without a real or a fake image trains a detector of nothing: stop before it is saved."""
+    absent = [name for label, name in ((REAL, "real"), (FAKE, "fake")) if usage.used[label] == 0]
+    if absent:
+        what = "no image" if len(absent) == 2 else f"no {absent[0]} image"
+        raise TrainError(
+            f"{root}: {what} could be read in {when} ({usage.used[REAL]} real and {usage.used[FAKE]} fake used, "
+            f"{usage.skipped_by_label[REAL]} real and {usage.skipped_by_label[FAKE]} fake unreadable, e.g. "
+            f"{usage.example}); training needs both real and fake images, no model was written"
+        )
 
 
 def _validate(method, samples, spec, config, device) -> dict[str, Any]:
@@ -473,35 +333,35 @@ def _validate(method, samples, spec, config, device) -> dict[str, Any]:
     return {"mean": metrics_by_generator(samples, probabilities, 0.5)["mean"]}
 
 
-def _keep_random_backbone(clip: nn.Module, config: TrainConfig, run: Path, resume: bool) -> None:
+def _keep_random_backbone(clip: nn.Module, config: TrainConfig, run: RunFolder, resume: bool) -> None:
     """A randomly initialised backbone (``--pretrained none``) cannot be rebuilt from its name: the run keeps it
     in ``backbone.safetensors`` and every later load (resume, eval, export) reads it back."""
     if str(config.pretrained).lower() != "none":
         return
-    path = run / BACKBONE_FILE
     if resume:
-        clip.load_state_dict(load_file(str(path), device=str(next(clip.parameters()).device)))
+        clip.load_state_dict(read_tensors(run.backbone_file, expected=clip.state_dict()))
     else:
-        atomic_save({k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}, path)
+        atomic_save({k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}, run.backbone_file)
 
 
 def load_run(run: str | os.PathLike, device: str = "cpu") -> tuple[TrainConfig, PreprocessSpec, nn.Module, dict]:
     """A finished run's config, preprocessing spec, trained network (logit of "fake") and config.json record.
 
     Raises:
-        TrainError: the folder is not a finished run.
+        RunFolderError: the folder is not a finished run, or one of its files is damaged (the message names it).
     """
-    run = Path(run)
-    for needed in ("config.json", "model.safetensors"):
-        if not (run / needed).exists():
-            raise TrainError(f"{run}: not a finished training run ({needed} is missing)")
-    record = json.loads((run / "config.json").read_text())
-    config = TrainConfig(**record["config"])
-    spec = PreprocessSpec.from_dict(record["preprocess"])
-    clip = create_clip(config.arch, config.pretrained, device=device)
+    run = RunFolder(run)
+    run.check_finished()
+    record = run.read_record()
+    config = run.read_config()
+    spec = run.read_preprocess()
+    try:
+        clip = create_clip(config.arch, config.pretrained, device=device)
+    except ValueError as e:
+        raise RunFolderError(f"{run.config_file}: {e}") from None
     _keep_random_backbone(clip, config, run, resume=True)
     stage = config.stages()[-1][0]
-    probe_head = load_head(run / "probe.safetensors", clip.visual.output_dim) if stage == "dgs" else None
+    probe_head = load_head(run.probe_file, clip.visual.output_dim) if stage == "dgs" else None
     method = build_method(stage, config, clip, probe_head)
-    load_trained_state(method, load_file(str(run / "model.safetensors")), str(run / "model.safetensors"))
+    load_trained_state(method, read_tensors(run.model_file), str(run.model_file))
     return config, spec, method.to(device).eval(), record
