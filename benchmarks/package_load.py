@@ -36,7 +36,7 @@ if mode == "unchecked":  # what loading cost before the checks: read the member,
 from dgs_sdk import Detector
 from dgs_sdk.backends import smoke_check
 from dgs_sdk.onnx_graph import check_onnx_graph
-detector = Detector(path, device="cpu")  # every check: sizes, checksums, manifest, graph, the run on a grey image
+detector = Detector(path, device="cpu")  # every check: sizes, checksums, manifest, graph, the run on two grey images
 seconds = time.perf_counter() - t0
 peak = peak_gib()
 m = detector.manifest
@@ -87,7 +87,7 @@ def main() -> None:
     print(f"| `Detector(path)`: every check of an untrusted package | {best('checked', 'seconds'):.2f} | "
           f"{best('checked', 'peak_gib'):.2f} |")
     print(f"\nof the checks, measured alone: the graph check (parse, external data, interface) "
-          f"{best('checked', 'graph_check'):.2f} s, the run on a grey image (batch 1) {best('checked', 'smoke'):.2f} s")
+          f"{best('checked', 'graph_check'):.2f} s, the run on two grey images {best('checked', 'smoke'):.2f} s")
 
 
 if __name__ == "__main__":

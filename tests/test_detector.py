@@ -113,3 +113,45 @@ def test_sdk_imports_without_torch():
 def test_spec_from_package_drives_preprocessing(patch_package, clip_package):
     assert Detector(patch_package).spec == PreprocessSpec.patch_select()
     assert Detector(clip_package).spec == PreprocessSpec.clip()
+
+
+def test_float_ranges_that_would_lose_the_scale_are_refused_and_float16_is_exact(clip_package):
+    detector = Detector(clip_package)
+    grey = np.full((32, 32, 3), 0.5, np.float16)
+    as_uint8 = detector.predict(np.full((32, 32, 3), 128, np.uint8)).probability
+    assert detector.predict(grey, value_range=(0, 1)).probability == pytest.approx(as_uint8, abs=1e-6)
+    wide = np.full((32, 32, 3), 0.0, np.float16)  # mid-grey of a -1e5..1e5 range; float16 arithmetic overflows
+    assert detector.predict(wide, value_range=(-1e5, 1e5)).probability == pytest.approx(as_uint8, abs=1e-6)
+    for bad in ((0, 5e-324), (-1e308, 1e308), (1, 0), (0, float("nan")), ("a", "b")):
+        with pytest.raises(ValueError, match="value_range"):
+            detector.predict(grey, value_range=bad)
+
+
+def test_arrays_of_any_shape_are_one_image_and_get_a_clear_error(clip_package):
+    detector = Detector(clip_package)
+    for array in (np.array(3.0), np.zeros(7, np.uint8), np.zeros((2, 2, 2, 2, 2), np.uint8)):
+        result = detector.predict(array)
+        assert not isinstance(result, list) and result.error and "expected an array of shape" in result.error
+
+
+def test_read_ahead_is_bounded_in_bytes_not_only_in_images(clip_package):
+    """Large arrays from an endless stream: never more than `MAX_READ_AHEAD_BYTES` of them wait at once."""
+    import weakref
+
+    from dgs_sdk.limits import MAX_READ_AHEAD_BYTES
+
+    alive: list[weakref.ref] = []
+    most = 0
+
+    def big_arrays():
+        nonlocal most
+        while True:
+            array = np.zeros((1500, 1500, 3), np.uint8)  # 6.75 MB each
+            alive.append(weakref.ref(array))
+            most = max(most, sum(r() is not None for r in alive[-2000:]))
+            yield array
+
+    detector = Detector(clip_package, batch_size=100_000, workers=2)
+    first = next(detector.predict_iter(big_arrays()))
+    assert first.ok and len(alive) >= detector.batch_size  # the first batch was full
+    assert most * 1500 * 1500 * 3 <= MAX_READ_AHEAD_BYTES + 2 * 1500 * 1500 * 3, f"{most} arrays held at once"

@@ -134,23 +134,101 @@ def jpeg_with_fill(photo: np.ndarray, fill: int) -> bytes:
     return data[:2] + b"\xff" * fill + data[2:]
 
 
-def test_fill_bytes_cost_no_more_than_the_bytes_themselves(tmp_path, photos):
-    """100 MB of 0xFF fill bytes took 94 s of CPU in the header walk and Pillow; now they are skipped in bulk."""
+def test_fill_bytes_are_walked_in_bulk_and_a_file_far_larger_than_its_pixels_is_refused(tmp_path, photos):
+    """100 MB of 0xFF fill bytes took 94 s of CPU; legal fill is skipped in bulk, and 100 MB for 240,000 pixels
+    is refused from the header, before any decoder sees it."""
+    plain = jpeg_with_fill(photos["coffee"], 0)
+    filled = jpeg_with_fill(photos["coffee"], 1_000_000)  # legal, and within what metadata may take
+    np.testing.assert_array_equal(decode_bytes(filled), decode_bytes(plain))
     path = tmp_path / "filled.jpg"
     path.write_bytes(jpeg_with_fill(photos["coffee"], 100_000_000))
-    code = ("import sys, time; from dgs_sdk.image import load_image; t = time.process_time(); "
-            "image = load_image(sys.argv[1]); print(image.shape, time.process_time() - t)")
+    code = ("import sys; from dgs_sdk.image import load_image\n"
+            "try:\n    load_image(sys.argv[1])\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(str(photos["coffee"].shape))
+    assert "ImageTooLarge" in done.stdout and "100,104,298 bytes for a 600x400 image" in done.stdout, done
 
 
-def test_jpeg_with_too_many_segments_is_refused(photos):
+def test_jpeg_with_too_many_segments_or_scans_is_refused(photos):
     ok, jpeg = cv2.imencode(".jpg", photos["coffee"])
+    data = jpeg.tobytes()
     comment = b"\xff\xfe\x00\x03x"  # a 1-byte COM segment
-    data = jpeg.tobytes()[:2] + comment * 20_000 + jpeg.tobytes()[2:]
     with pytest.raises(UnreadableImage, match="more than 10,000 marker segments"):
-        decode_bytes(data, name="many.jpg")
+        decode_bytes(data[:2] + comment * 20_000 + data[2:], name="many.jpg")
+    scan_start = data.index(b"\xff\xda")  # a progressive decoder decodes once per scan: 101 of them
+    scan = data[scan_start:-2]
+    with pytest.raises(ImageTooLarge, match="JPEG with 101 scans of 600x400 pixels"):
+        decode_bytes(data[:scan_start] + scan * 101 + b"\xff\xd9", name="scans.jpg")
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".png", image)
+    assert ok
+    return encoded.tobytes()
+
+
+def peak_of(code: str, *args: str) -> tuple[str, float]:
+    """Run ``code`` in a fresh interpreter: its output and its peak resident memory in MiB (VmHWM)."""
+    code += ("\nwith open('/proc/self/status') as f:\n"
+             "    print(next(l.split()[1] for l in f if l.startswith('VmHWM')))")
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    *lines, peak = done.stdout.strip().splitlines()
+    return "\n".join(lines), int(peak) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
+def test_png_text_chunks_are_never_decompressed(tmp_path):
+    """Each zTXt chunk inflates 1000-fold when libpng reads it; the decoder only gets the chunks of pixels."""
+    grey = np.arange(64 * 64, dtype=np.uint8).reshape(64, 64)
+    plain = png_bytes(grey)
+    text = png_chunk(b"zTXt", b"note\0\0" + zlib.compress(b"A" * 8_000_000, 9))  # 8 kB that inflate to 8 MB
+    bomb = plain[:-12] + text * 100 + plain[-12:]  # before IEND: 800 MB of text for libpng to inflate
+    path = tmp_path / "text.png"
+    path.write_bytes(bomb)
+    assert len(bomb) < 1_000_000
+    out, peak = peak_of("import sys; from dgs_sdk.image import load_image; print(load_image(sys.argv[1]).sum())",
+                        str(path))
+    assert int(out) == 3 * int(grey.astype(np.int64).sum())
+    assert peak < 400, f"{peak:.0f} MiB"
+    np.testing.assert_array_equal(decode_bytes(bomb), decode_bytes(plain))
+
+
+def test_png_with_too_many_chunks_is_refused():
+    plain = png_bytes(np.zeros((8, 8), np.uint8))
+    private = png_chunk(b"abCd", b"")
+    with pytest.raises(UnreadableImage, match="more than 200,000 chunks"):
+        decode_bytes(plain[:33] + private * 200_001 + plain[33:], name="chunks.png")
+
+
+def tiff_strips(rows: int) -> bytes:
+    """A 1-pixel-wide grey TIFF with one strip per row: its first directory holds two tables of ``rows`` numbers."""
+    ifd_size = 2 + 12 * 9 + 4
+    offsets_at = 8 + ifd_size
+    counts_at = offsets_at + 4 * rows
+    pixels_at = counts_at + 4 * rows
+
+    def entry(tag, kind, count, value):
+        return struct.pack("<HHII", tag, kind, count, value)
+
+    ifd = (struct.pack("<H", 9) + entry(256, 4, 1, 1) + entry(257, 4, 1, rows) + entry(258, 3, 1, 8)
+           + entry(259, 3, 1, 1) + entry(262, 3, 1, 1) + entry(273, 4, rows, offsets_at) + entry(277, 3, 1, 1)
+           + entry(278, 4, 1, 1) + entry(279, 4, rows, counts_at) + struct.pack("<I", 0))
+    offsets = np.arange(pixels_at, pixels_at + rows, dtype="<u4").tobytes()
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + offsets + np.ones(rows, "<u4").tobytes() + b"\x80" * rows
+
+
+def test_tiff_with_huge_strip_tables_is_refused_before_pillow_reads_them():
+    np.testing.assert_array_equal(decode_bytes(tiff_strips(1000)), np.full((1000, 1, 3), 128, np.uint8))
+    with pytest.raises(ImageTooLarge, match="TIFF field 273 holds 2,000,000 numbers"):
+        decode_bytes(tiff_strips(2_000_000), name="strips.tif")
+
+
+def test_formats_outside_the_supported_six_are_refused(tmp_path):
+    ok, jp2 = cv2.imencode(".jp2", np.zeros((64, 64, 3), np.uint8))
+    assert ok
+    supported = r"not an image in a supported format \(JPEG, PNG, GIF, WebP, BMP, TIFF\)"
+    with pytest.raises(UnreadableImage, match=supported):
+        decode_bytes(jp2.tobytes(), name="a.png")
 
 
 def png_header(width: int, height: int, depth: int, colour: int) -> bytes:
@@ -303,6 +381,12 @@ def test_a_folder_of_every_hostile_file_is_scanned_in_bounded_time_and_memory(tm
     for name, target in (("kmsg.png", "/proc/kmsg"), ("zero.png", "/dev/zero"), ("passwd.png", "/etc/passwd")):
         (folder / name).symlink_to(target)
     (folder / "=cmd.png").write_bytes(b"")
+    plain = png_bytes(np.zeros((64, 64), np.uint8))
+    text = png_chunk(b"zTXt", b"note\0\0" + zlib.compress(b"A" * 8_000_000, 9))
+    (folder / "text bomb.png").write_bytes(plain[:-12] + text * 100 + plain[-12:])
+    (folder / "strips.tif").write_bytes(tiff_strips(2_000_000))
+    ok, jp2 = cv2.imencode(".jp2", np.zeros((64, 64, 3), np.uint8))
+    (folder / "jpeg2000.png").write_bytes(jp2.tobytes())
     os.rename(folder / "good.jpg", os.fsencode(folder) + b"/g\xf6od.jpg")
     out = tmp_path / "r.jsonl"
 
@@ -315,8 +399,62 @@ def test_a_folder_of_every_hostile_file_is_scanned_in_bounded_time_and_memory(tm
     assert done.returncode == 1, done.stderr.decode()
     assert b"Traceback" not in done.stderr
     rows = [json.loads(line) for line in out.read_bytes().decode("utf-8").splitlines()]
-    assert len(rows) == 11 and len({r["path"] for r in rows}) == 11
+    assert len(rows) == 14 and len({r["path"] for r in rows}) == 14
     scored = [r for r in rows if r["error"] is None]
-    assert sorted(os.path.basename(os.fsencode(r["path"])) for r in scored) == [b"filled.jpg", b"g\xf6od.jpg"]
+    assert sorted(os.path.basename(os.fsencode(r["path"])) for r in scored) == [b"g\xf6od.jpg", b"text bomb.png"]
     peak_gib = int(peak.read_text()) / 1024**2
     assert peak_gib < 1.5, f"peak resident memory {peak_gib:.2f} GiB"
+
+
+# --- patterns, races and hidden files -------------------------------------------------------------------------------
+
+
+def test_patterns_never_follow_links_out_of_their_folder_nor_loop(tmp_path, photos, clip_package, monkeypatch):
+    outside = tmp_path / "outside"
+    write_image(outside / "secret.png", photos["coffee"])
+    photos_dir = tmp_path / "g" / "photos"
+    write_image(photos_dir / "sub" / "a.png", photos["rocket"])
+    (photos_dir / "out").symlink_to(outside, target_is_directory=True)
+    (photos_dir / "sub" / "self").symlink_to(".", target_is_directory=True)  # a loop for **
+    (photos_dir / "sub" / "again").symlink_to(".", target_is_directory=True)
+    monkeypatch.chdir(tmp_path / "g")
+    out = tmp_path / "r.csv"
+    for pattern in ("photos/*/*.png", "photos/**/*.png"):
+        result = dgs_process("scan", pattern, "--model", str(clip_package), "--out", str(out), "--overwrite",
+                             timeout=120)
+        rows = rows_of(out)
+        assert rows["photos/sub/a.png"]["error"] is None, pattern
+        assert not any("self" in p or "again" in p for p in rows if p != "photos/sub/a.png") or pattern.startswith(
+            "photos/*/"), rows
+        secret = rows.get("photos/out/secret.png")
+        assert secret is None or "outside the scanned folder" in secret["error"], (pattern, rows)
+        assert result.returncode in (0, 1)
+    assert len(rows_of(out)) == 1  # ** does not descend into linked folders: one row for a.png
+
+
+def test_a_link_swapped_in_after_listing_is_caught_when_opened(tmp_path, photos, clip_package):
+    from dgs_sdk.scan import discover
+
+    folder = tmp_path / "race"
+    target = write_image(folder / "a.png", photos["coffee"])
+    write_image(tmp_path / "private.png", photos["rocket"])
+    (found,) = discover([str(folder)])
+    assert found.root == os.path.realpath(folder)
+    target.unlink()
+    target.symlink_to(tmp_path / "private.png")  # after discovery, before reading
+    (result,) = Detector(clip_package).predict([found.source])
+    assert result.error and "outside the scanned folder" in result.error and result.source == str(target)
+
+
+def test_hidden_files_are_skipped_unless_asked_for(tmp_path, photos, clip_package):
+    folder = tmp_path / "hid"
+    write_image(folder / "z.png", photos["coffee"])
+    write_image(folder / ".x.png", photos["coffee"])
+    write_image(folder / ".cache" / "y.png", photos["coffee"])
+    out = tmp_path / "r.csv"
+    assert scan(folder, "--model", clip_package, "--out", out).exit_code == 0
+    assert set(rows_of(out)) == {str(folder / "z.png")}
+    assert scan(folder, "--model", clip_package, "--out", out, "--overwrite", "--hidden").exit_code == 0
+    assert set(rows_of(out)) == {str(folder / n) for n in ("z.png", ".x.png", ".cache/y.png")}
+    assert scan(str(folder / "*.png"), "--model", clip_package, "--out", out, "--overwrite").exit_code == 0
+    assert set(rows_of(out)) == {str(folder / "z.png")}

@@ -150,7 +150,7 @@ def test_member_sizes_are_checked_against_manifest_and_zip_before_reading(tmp_pa
 
 def test_package_file_and_member_count_are_bounded(tmp_path, monkeypatch):
     many = raw_package(tmp_path / "many.dgs", extra=[(f"x{i}", b"") for i in range(70)])
-    refused(many, "holds 72 members; a model package has at most 64")
+    refused(many, "holds 72 members in a directory of 3,535 bytes; a model package has at most 64 members")
     path = raw_package(tmp_path / "fine.dgs")
     monkeypatch.setattr("dgs_sdk.package.MAX_PACKAGE_BYTES", path.stat().st_size - 1)
     refused(path, "file too large")
@@ -276,13 +276,21 @@ def test_graph_interface_must_match_the_manifest_at_load(tmp_path, photo_folder,
 
 @pytest.mark.parametrize(
     ("output", "shape"),
-    [("double", r"\[2\]"), ("scalar", r"\[\]"), ("pairs", r"\[1, 2\]")],
-    ids=["[2B]", "scalar", "[B, 2]"],
+    [("double", r"\[4\]"), ("scalar", r"\[\]"), ("pairs", r"\[2, 2\]"), ("one", r"\[1\]")],
+    ids=["[2B]", "scalar", "[B, 2]", "[1] whatever the batch"],
 )
 def test_graph_whose_output_is_not_one_logit_per_image_is_refused_at_load(tmp_path, photo_folder, output, shape):
-    """Each declares [B] but computes something else: the run on a grey image at load shows it."""
-    path = graph_package(tmp_path / "lying graph.dgs", mean_graph(SIZE, output=output), size=SIZE)
-    with pytest.raises(ModelPackageError, match=f"output of shape {shape} for a batch of 1") as info:
+    """Each declares [B] but computes something else: the run on two grey images at load shows it."""
+    if output == "one":
+        from onnx import helper
+
+        reduce = helper.make_node("ReduceMean", ["mean"], ["all"], keepdims=1)  # [1]: one value for any batch
+        identity = helper.make_node("Identity", ["all"], ["logit"])
+        graph = mean_graph(SIZE, output="custom", extra_nodes=[reduce, identity])
+    else:
+        graph = mean_graph(SIZE, output=output)
+    path = graph_package(tmp_path / "lying graph.dgs", graph, size=SIZE)
+    with pytest.raises(ModelPackageError, match=f"output of shape {shape} for a batch of 2") as info:
         Detector(path)
     assert str(path) in str(info.value)
     out = tmp_path / "results.jsonl"
@@ -304,7 +312,7 @@ def test_fixed_batch_graphs_are_smoke_checked_at_their_batch(tmp_path, photos):
 
 def test_a_model_that_gives_nan_is_refused_at_load(tmp_path, photo_folder):
     path = graph_package(tmp_path / "nan.dgs", mean_graph(SIZE, output="nan"), size=SIZE)
-    with pytest.raises(ModelPackageError, match=r"non-finite logit \(nan\) for a plain grey image"):
+    with pytest.raises(ModelPackageError, match=r"non-finite logit \(nan\) for a grey image"):
         Detector(path)
     result = scan_cli(photo_folder, "--model", path)
     assert result.exit_code == 2 and result.stdout == ""
@@ -331,3 +339,123 @@ def test_a_non_finite_logit_is_an_error_row_and_json_stays_json(tmp_path, photos
     assert rows["bright.png"]["error"] is None and 0 < rows["bright.png"]["probability"] < 1
     assert rows["dark.png"]["probability"] is None and rows["dark.png"]["label"] is None
     assert "dark.png: the model's output for this image is not a finite number (nan)" in rows["dark.png"]["error"]
+
+
+# --- what a graph may be ------------------------------------------------------------------------------------------
+
+
+def loop_graph() -> bytes:
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Identity", ["acc_in"], ["acc_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, ["batch"])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, ["batch"])],
+    )
+    trips = helper.make_tensor("trips", TensorProto.INT64, [], [10**15])
+    loop = helper.make_node("Loop", ["trips", "", "mean"], ["logit"], body=body, name="forever")
+    return mean_graph(SIZE, output="custom", extra_nodes=[loop], extra_initializers=[trips])
+
+
+def custom_domain_graph() -> bytes:
+    from onnx import helper
+
+    return mean_graph(SIZE, output="custom", extra_nodes=[helper.make_node("Run", ["mean"], ["logit"], domain="x.y",
+                                                                           name="plugin")])
+
+
+def function_graph() -> bytes:
+    import onnx
+    from onnx import helper
+
+    model = onnx.load_model_from_string(mean_graph(SIZE))
+    model.functions.append(helper.make_function("local", "twice", ["x"], ["y"], [helper.make_node("Add", ["x", "x"],
+                                                                                                     ["y"])],
+                                                [helper.make_opsetid("", 18)]))
+    return model.SerializeToString()
+
+
+def many_nodes_graph() -> bytes:
+    from onnx import helper
+
+    chain = [helper.make_node("Identity", [f"x{i}"], [f"x{i + 1}"]) for i in range(100_001)]
+    chain[0].input[0] = "mean"
+    chain.append(helper.make_node("Identity", ["x100001"], ["logit"]))
+    return mean_graph(SIZE, output="custom", extra_nodes=chain)
+
+
+@pytest.mark.parametrize(
+    ("graph", "message"),
+    [
+        pytest.param(loop_graph, "node 'forever' is a Loop; a dgs model is a feed-forward network", id="Loop"),
+        pytest.param(custom_domain_graph, "operator 'Run' of domain 'x.y'", id="custom domain"),
+        pytest.param(function_graph, "defines local functions", id="local function"),
+        pytest.param(many_nodes_graph, "has 100,003 nodes", id="100,003 nodes"),
+        pytest.param(lambda: mean_graph(1024, batch=100), "a fixed batch of 100 images of 1024 x 1024",
+                     id="fixed batch of 1.2 GB"),
+    ],
+)
+def test_a_graph_is_a_bounded_feed_forward_network_of_standard_operators(tmp_path, graph, message):
+    size = 1024 if "1024" in message else SIZE
+    refused(raw_package(tmp_path / "graph.dgs", {"preprocess": PreprocessSpec(transform="clip", size=size).to_dict()},
+                        members={"model.onnx": graph()}), message)
+
+
+def test_the_load_time_run_has_a_time_limit(tmp_path, monkeypatch):
+    """A graph that computes for a minute (a chain of 2048 x 2048 products on the input) is cancelled and refused."""
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [2048, 2048], np.full(2048 * 2048, 1e-4, np.float32))
+    nodes = [helper.make_node("ReduceMean", ["image"], ["level"], keepdims=0),  # depends on the input: not folded
+             helper.make_node("Mul", ["w", "level"], ["m0"])]
+    nodes += [helper.make_node("MatMul", [f"m{i}", "w"], [f"m{i + 1}"]) for i in range(200)]
+    nodes += [helper.make_node("ReduceMean", ["m200"], ["total"], keepdims=0),
+              helper.make_node("Add", ["mean", "total"], ["logit"])]
+    path = graph_package(tmp_path / "slow.dgs", mean_graph(SIZE, output="custom", extra_nodes=nodes,
+                                                           extra_initializers=[weight]), size=SIZE)
+    monkeypatch.setattr("dgs_sdk.backends.SMOKE_CHECK_SECONDS", 0.5)
+    with pytest.raises(ModelPackageError, match="took more than 0.5 s to score two grey images at load"):
+        Detector(path)
+
+
+def test_huge_numbers_in_a_manifest_are_refused_without_a_traceback(tmp_path, photo_folder):
+    huge = "1" + "0" * 400
+    manifest = Manifest(preprocess=PreprocessSpec(transform="clip", size=SIZE)).to_dict()
+    graph = mean_graph(SIZE)
+    manifest["files"] = {"model.onnx": {"sha256": hashlib.sha256(graph).hexdigest(), "size": len(graph)}}
+    for field, message in (('"threshold": 0.5', "'threshold'"), ('"mean": [', "mean must be 3 finite numbers")):
+        text = json.dumps(manifest).replace(field, field.replace("0.5", huge) if "threshold" in field
+                                            else f'"mean": [{huge}, ', 1)
+        if "mean" in field:
+            text = text.replace(f'"mean": [{huge}, 0.48145466, ', f'"mean": [{huge}, ', 1)
+        path = raw_package(tmp_path / "huge.dgs", text.encode())
+        refused(path, message)
+        result = scan_cli(photo_folder, "--model", path)
+        assert result.exit_code == 2
+
+
+def test_the_zip_directory_is_bounded_before_it_is_parsed(tmp_path, monkeypatch):
+    import dgs_sdk.package
+
+    path = tmp_path / "zip64.dgs"
+    with zipfile.ZipFile(path, "w") as zf:  # over 65,535 entries: the counts live in the ZIP64 end record
+        for i in range(65_540):
+            zf.writestr(f"e{i}", b"")
+    parsed = []
+    monkeypatch.setattr(dgs_sdk.package.zipfile, "ZipFile", lambda *a, **k: parsed.append(a) or 1 / 0)
+    refused(path, "holds 65,540 members in a directory of")
+    assert parsed == []
+
+
+def test_all_members_together_are_bounded_and_only_the_model_is_held(tmp_path, monkeypatch):
+    graph = mean_graph(SIZE)
+    path = raw_package(tmp_path / "extra.dgs", members={"model.onnx": graph, "variant.onnx": b"\0" * 1_000_000})
+    package = ModelPackage.load(path)
+    assert list(package.members) == ["model.onnx"] and len(package.read_member("variant.onnx")) == 1_000_000
+    monkeypatch.setattr("dgs_sdk.package.MAX_PACKAGE_CONTENT_BYTES", 1_000_000)
+    refused(path, f"members of {1_000_000 + len(graph):,} bytes in all; the limit is 1,000,000")

@@ -204,6 +204,7 @@ def test_spec_round_trips_and_rejects_bad_values():
         ("mean", [0.5, True, 0.5], "mean must be 3 finite numbers"),
         ("mean", "abc", "mean must be a list of 3 numbers"),
         ("patch_size", 0, "patch_size must be an integer"),
+        ("patch_size", 2, "patch_size must be an integer of at least 8"),
         ("patch_size", "32", "patch_size must be an integer"),
         ("transform", ["clip"], "transform"),
         ("interpolation", "nearest", "interpolation"),

@@ -4,6 +4,7 @@ package, on real runs of the tiny random CLIP."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -118,7 +119,7 @@ def test_export_out_must_be_a_package_outside_the_runs_own_files(tmp_path, finis
 @pytest.mark.parametrize(
     "calibration",
     ['{"threshold": 1.5}', '{"threshold": NaN}', '{"threshold": "0.9"}', '{"threshold": true}', '{"balanced": 1}',
-     "[0.5]", "{threshold: 0.5", ""],
+     "[0.5]", "{threshold: 0.5", "", '{"threshold": 1' + "0" * 400 + "}", "[" * 100_000 + "]" * 100_000],
 )
 def test_a_bad_calibrated_threshold_is_refused_and_the_package_kept(tmp_path, finished, good_package, dataset,
                                                                      calibration):
@@ -261,7 +262,36 @@ def test_a_damaged_run_is_named_by_eval_and_export(tmp_path, finished, dataset, 
     assert not (tmp_path / "model.dgs").exists()
 
 
+def _fifo(path):
+    path.unlink()
+    os.mkfifo(path)  # reading it would wait for a writer forever
+
+
+def _edit_position(path, edit):
+    """Rewrite a checkpoint's position metadata: ``edit`` changes the object, or returns raw text to store."""
+    with safe_open(str(path), "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    position = json.loads(metadata["position"])
+    text = edit(position) or json.dumps(position)
+    save_file(tensors, str(path), metadata={**metadata, "position": text})
+
+
+DAMAGES.update({
+    "config nested too deeply": ("config.json", lambda p: p.write_text("[" * 100_000 + "]" * 100_000)),
+    "config a FIFO": ("config.json", _fifo),
+    "config huge number": ("config.json", lambda p: _edit_config(p, lambda r: r["config"].update(lr=10**400))),
+    "calibration a FIFO": ("calibration.json", lambda p: p.write_text("{}") or _fifo(p)),
+    "model a FIFO": ("model.safetensors", _fifo),
+})
+
 RESUME_DAMAGES = {
+    "checkpoint position nested": ("checkpoints/last.safetensors",
+                                   lambda p: _edit_position(p, lambda q: "[" * 100_000 + "]" * 100_000)),
+    "checkpoint position past the run": ("checkpoints/last.safetensors",
+                                         lambda p: _edit_position(p, lambda q: q.update(epoch=10**30))),
+    "checkpoint batch past the data": ("checkpoints/last.safetensors",
+                                       lambda p: _edit_position(p, lambda q: q.update(batch=10_000))),
+    "metrics a FIFO": ("metrics.jsonl", _fifo),
     "config not json": ("config.json", lambda p: p.write_text("{")),
     "config wrong type": ("config.json", lambda p: _edit_config(p, lambda r: r["config"].update(epochs=[2]))),
     "checkpoint garbage": ("checkpoints/last.safetensors", lambda p: p.write_text("garbage")),

@@ -206,3 +206,50 @@ def test_rows_reach_the_file_a_batch_at_a_time(tmp_path, folder, clip_package, m
     scan(ScanConfig([str(folder)], str(clip_package), out=str(out)), detector=detector)
     assert seen[:-1] == list(range(4, 25, 4)) and seen[-1] == 25
     assert np.all(np.diff(seen) <= 4)
+
+
+def test_resume_knows_a_file_however_its_path_is_spelled(tmp_path, folder, clip_package, monkeypatch):
+    monkeypatch.chdir(folder.parent)
+    out = tmp_path / "results.csv"
+    assert run_cli("images", "--model", clip_package, "--out", out).exit_code == 1
+    for spelling in ("./images", str(folder), "images/../images"):
+        result = run_cli(spelling, "--model", clip_package, "--out", out, "--resume")
+        assert result.exit_code == 1 and "25 files (25 of them from the interrupted scan)" in result.stderr
+        assert "(0.0 images/s)" in result.stderr
+    assert len(read_rows(out, "csv").rows) == 25
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"path": ["x"], "probability": 0.5, "label": "fake", "error": null}', ":2: not a dgs results row"),
+        ('{"path": "x", "probability": 0.5, "label": "maybe", "error": null}', ":2: not a dgs results row"),
+        ('{"path": "x", "probability": 1.5, "label": "fake", "error": null}', ":2: not a dgs results row"),
+        ('{"path": "x", "probability": 0.5, "label": "fake", "error": "and an error"}', ":2: not a dgs results row"),
+    ],
+)
+def test_resume_refuses_rows_a_scan_does_not_write(tmp_path, folder, clip_package, line, message):
+    out = tmp_path / "results.jsonl"
+    out.write_text('{"path": "y", "probability": null, "label": null, "error": "y: empty file"}\n' + line + "\n")
+    result = run_cli(folder, "--model", clip_package, "--out", out, "--resume")
+    assert result.exit_code == 2 and message in result.stderr
+
+
+def test_a_scan_that_finds_nothing_still_replaces_and_writes_its_results(tmp_path, clip_package):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "results.csv"
+    out.write_text("stale rows of an older scan\n")
+    result = run_cli(empty, "--model", clip_package, "--out", out, "--overwrite")
+    assert result.exit_code == 0 and "no image files found" in result.stderr
+    assert out.read_bytes() == b"path,probability,label,error\r\n"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_rows_on_a_full_standard_output_give_exit_2(folder, clip_package):
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([*DGS, "scan", str(folder), "--model", str(clip_package)], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "standard output: cannot write results (No space left on device)" in done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr

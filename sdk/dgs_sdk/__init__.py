@@ -13,6 +13,8 @@ from .limits import MAX_PIXELS as _MAX_PIXELS
 # cv2, makes OpenCV also refuse from their header the decompression bombs that Pillow cannot parse (e.g. float
 # TIFF). It has no effect if the application imported cv2 first; Pillow's header check still applies then.
 _os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(_MAX_PIXELS))
+# A file that fails to decode gets an error row naming it; OpenCV's own log lines about it would only be noise.
+_os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
 
 from .detector import Detector, Prediction  # noqa: E402
 from .errors import BackendUnavailable, DgsError, ImageTooLarge, ModelPackageError, UnreadableImage  # noqa: E402

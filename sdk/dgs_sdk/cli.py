@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import platform
 import signal
 import sys
@@ -89,6 +90,7 @@ def main() -> None:
               help="Images per inference call.")
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding threads [default: one per CPU, at most 8].")
 @click.option("--recursive/--no-recursive", default=True, show_default=True, help="Descend into sub-folders.")
+@click.option("--hidden", is_flag=True, help="Also scan files and folders whose names start with a dot.")
 @click.option("--follow-symlinks", is_flag=True,
               help="Follow symbolic links that lead out of the folders scanned [default: report them, unread].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted scan into its --out file: files that already "
@@ -97,8 +99,8 @@ def main() -> None:
 @click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True)
 @click.option("--device", help="cpu, cuda or cuda:N [default: best available].")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on standard error [default: on a terminal].")
-def scan(paths, model, out, threshold, batch_size, workers, recursive, follow_symlinks, resume, overwrite, backend,
-         device, progress) -> None:
+def scan(paths, model, out, threshold, batch_size, workers, recursive, hidden, follow_symlinks, resume, overwrite,
+         backend, device, progress) -> None:
     """Score every image in PATHS (files, folders or glob patterns).
 
     Every file gets a row (path, probability, label, error), written a batch at a time. Exit code 0 when all
@@ -106,19 +108,22 @@ def scan(paths, model, out, threshold, batch_size, workers, recursive, follow_sy
     results could not be written (the file then ends on a whole row), 130 or 143 when interrupted (rows
     written so far are kept; --resume continues).
     """
+    from .results import ResultsError
     from .scan import ScanConfig
     from .scan import scan as run_scan
 
     config = ScanConfig(
         paths=paths, model=model, out=out, threshold=threshold, batch_size=batch_size, workers=workers,
-        recursive=recursive, follow_symlinks=follow_symlinks, resume=resume, overwrite=overwrite, backend=backend,
-        device=device, progress=progress,
+        recursive=recursive, hidden=hidden, follow_symlinks=follow_symlinks, resume=resume, overwrite=overwrite,
+        backend=backend, device=device, progress=progress,
     )
     if hasattr(sys.stdout, "reconfigure"):  # rows on stdout: file names that are not UTF-8 pass through as bytes
         sys.stdout.reconfigure(errors="surrogateescape")
     try:
         summary = run_scan(config)
     except (DgsError, ValueError) as e:
+        if out is None and isinstance(e, ResultsError):  # standard output is gone: nothing more goes there
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SetupError(str(e)) from None
     except (KeyboardInterrupt, Terminated) as e:
         again = f"; continue with --resume --out {out}" if out else ""

@@ -7,7 +7,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from .image import (
     describe_source,
     load_image,
 )
-from .limits import MAX_BATCH_BYTES
+from .limits import MAX_BATCH_BYTES, MAX_READ_AHEAD_BYTES
 from .package import ModelPackage
 from .preprocess import crop_image, normalize
 
@@ -79,8 +79,15 @@ class _Prepared:
 
 def _is_single(images: Any) -> bool:
     if isinstance(images, np.ndarray):
-        return images.ndim in (2, 3)
+        return images.ndim != 4  # a batch [N, H, W, C]; any other shape is one image, right or wrong
     return isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview))
+
+
+def _input_bytes(source: ImageInput) -> int:
+    """Memory an input holds while it waits to be decoded (a path holds next to none)."""
+    if isinstance(source, np.ndarray):
+        return source.nbytes
+    return len(source) if isinstance(source, (bytes, bytearray, memoryview)) else 0
 
 
 class Detector:
@@ -97,7 +104,7 @@ class Detector:
         decode_memory: bytes the decoding threads may hold at once (`dgs_sdk.limits.DECODE_MEMORY`, shared
             by every Detector of the process, when None).
 
-    Loading verifies the package (`ModelPackage.load`) and runs the model once on a grey image: a package
+    Loading verifies the package (`ModelPackage.load`) and runs the model once on two grey images: a package
     that cannot score images is refused here, not halfway through a scan.
 
     Example:
@@ -172,19 +179,25 @@ class Detector:
     ) -> Iterator[Prediction]:
         window = max(2 * self.batch_size, self.workers)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="dgs-decode") as pool:
-            pending: deque = deque()
+            pending: deque[tuple[Future, int]] = deque()
+            held = 0  # bytes of in-memory inputs (arrays, encoded bytes) waiting in the window
 
             def refill() -> None:
-                while len(pending) < window:
+                nonlocal held
+                while len(pending) < window and (held < MAX_READ_AHEAD_BYTES or not pending):
                     item = next(sources, None)
                     if item is None:
                         return
-                    pending.append(pool.submit(self._prepare, *item, value_range))
+                    size = _input_bytes(item[0])
+                    pending.append((pool.submit(self._prepare, *item, value_range), size))
+                    held += size
 
             refill()
             batch: list[_Prepared] = []
             while pending:
-                batch.append(pending.popleft().result())
+                future, size = pending.popleft()
+                batch.append(future.result())
+                held -= size
                 refill()
                 if len(batch) == self.batch_size or not pending:
                     yield from self._infer(batch)
@@ -193,20 +206,22 @@ class Detector:
     def _prepare(self, source: ImageInput, index: int | None, value_range: ValueRange | None) -> _Prepared:
         name = describe_source(source, index)
         t0 = time.perf_counter()
+        decoded_at = t0
+
+        def crop_decoded(image: np.ndarray) -> np.ndarray:  # runs while the image's share of the budget is held
+            nonlocal decoded_at
+            decoded_at = time.perf_counter()
+            return crop_image(image, self.spec)
+
         try:
-            image = load_image(source, name=name, value_range=value_range, budget=self.budget)
+            crop = load_image(source, name=name, value_range=value_range, budget=self.budget,
+                              transform=crop_decoded)
         except DgsError as e:
-            return _Prepared(name, None, str(e), (time.perf_counter() - t0) * 1e3, 0.0)
+            return _Prepared(name, None, str(e) if str(e).startswith(name) else f"{name}: {e}",
+                             (time.perf_counter() - t0) * 1e3, 0.0)
         except Exception as e:  # a decoder bug must not cost the other images their results
             return _Prepared(name, None, f"{name}: cannot be decoded ({type(e).__name__}: {e})", 0.0, 0.0)
-        t1 = time.perf_counter()
-        try:
-            crop = crop_image(image, self.spec)
-        except DgsError as e:
-            return _Prepared(name, None, f"{name}: {e}", 0.0, 0.0)
-        except Exception as e:
-            return _Prepared(name, None, f"{name}: preprocessing failed ({type(e).__name__}: {e})", 0.0, 0.0)
-        return _Prepared(name, crop, None, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3)
+        return _Prepared(name, crop, None, (decoded_at - t0) * 1e3, (time.perf_counter() - decoded_at) * 1e3)
 
     def _infer(self, batch: list[_Prepared]) -> Iterator[Prediction]:
         good = [p for p in batch if p.crop is not None]

@@ -21,9 +21,36 @@ from typing import BinaryIO
 
 from .errors import DgsError
 
-__all__ = ["open_regular", "read_regular", "AtomicFile"]
+__all__ = ["ConfinedPath", "inside", "opened_path", "open_regular", "read_regular", "AtomicFile"]
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+class ConfinedPath(os.PathLike):
+    """A path that may only be read where it leads inside ``root`` (a real path): a file found in a scanned
+    folder, which a symbolic link swapped in after the folder was listed must not lead out of."""
+
+    def __init__(self, path: str, root: str) -> None:
+        self.path, self.root = path, root
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __repr__(self) -> str:
+        return f"ConfinedPath({self.path!r}, root={self.root!r})"
+
+
+def inside(path: str, root: str) -> bool:
+    """Whether the real path ``path`` is ``root`` or lies under it."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def opened_path(fd: int, name: str) -> str:
+    """The real path of the file open at ``fd``: from the kernel where it says (/proc), else from ``name``."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(name)
 
 
 def open_regular(path: str | os.PathLike, max_bytes: int, error: type[DgsError]) -> tuple[BinaryIO, int]:
@@ -31,7 +58,7 @@ def open_regular(path: str | os.PathLike, max_bytes: int, error: type[DgsError])
 
     Returns the open file and its size at opening. Raises ``error`` with a message that names the file: not
     found (a broken link says so), a directory, not a regular file, larger than ``max_bytes``, permission
-    denied, or changed while being opened.
+    denied, changed while being opened, or, for a `ConfinedPath`, opened outside its root.
     """
     name = os.fspath(path)
     try:
@@ -55,6 +82,9 @@ def open_regular(path: str | os.PathLike, max_bytes: int, error: type[DgsError])
     if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino) or opened.st_size > max_bytes:
         os.close(fd)
         raise error(f"{name}: changed while it was being opened")
+    if isinstance(path, ConfinedPath) and not inside(real := opened_path(fd, name), path.root):
+        os.close(fd)
+        raise error(f"{name}: leads to {real}, outside the scanned folder {path.root}; not read")
     return os.fdopen(fd, "rb"), opened.st_size
 
 

@@ -1,33 +1,26 @@
 """Decoding of files, encoded bytes and arrays into 8-bit RGB images, with errors that name the input.
 
 What decoding one input may cost is bounded before any pixel is decoded: the file's bytes (`MAX_FILE_BYTES`),
-the image's pixels (`MAX_PIXELS`) and the decoder's buffer (`MAX_DECODED_BYTES`), all read from the header.
-Concurrent decodes share a `MemoryBudget` (`DECODE_MEMORY` by default), so eight workers meeting eight large
-images take turns instead of taking eight times the memory.
+then what its header promises (`dgs_sdk.headers`). Concurrent decodes share a `MemoryBudget`
+(`dgs_sdk.limits.DECODE_MEMORY` by default): each holds its file's bytes, its decoder's buffer and its RGB copy
+against it until its image is preprocessed.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import os
-import re
-import threading
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Union
+from collections.abc import Callable
+from typing import TypeVar, Union
 
 import cv2
 import numpy as np
-import PIL.Image
-from PIL import ImageMode
 
 from .errors import ImageTooLarge, UnreadableImage
-from .files import read_regular
-from .limits import DECODE_MEMORY, MAX_DECODED_BYTES, MAX_FILE_BYTES, MAX_JPEG_SEGMENTS, MAX_PIXELS
+from .files import open_regular, read_regular
+from .headers import FORMATS, read_header
+from .limits import MAX_DECODED_BYTES, MAX_FILE_BYTES, MAX_PIXELS
+from .memory import DEFAULT_BUDGET, MemoryBudget, Reservation
 
 __all__ = [
     "ImageInput",
@@ -37,6 +30,7 @@ __all__ = [
     "MAX_DECODED_BYTES",
     "MemoryBudget",
     "DEFAULT_BUDGET",
+    "FORMATS",
     "read_bytes",
     "decode_bytes",
     "to_rgb8",
@@ -49,48 +43,7 @@ __all__ = [
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
 # The values that stand for black and white in a float array: (0, 1) or (0, 255) for instance.
 ValueRange = tuple[float, float]
-
-# A marker in JPEG entropy-coded data: 0xFF followed by a byte that is neither stuffing (0x00),
-# a restart marker (0xD0-0xD7) nor fill (0xFF).
-_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
-_JPEG_FILL = re.compile(rb"\xff+")
-# Start-of-frame markers carry the image size; 0xC4 (DHT), 0xC8 (JPG) and 0xCC (DAC) share their range.
-_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-# PNG colour type -> channels as OpenCV decodes it unchanged (palette and grey + alpha may become BGRA).
-_PNG_CHANNELS = {0: 1, 2: 3, 3: 4, 4: 4, 6: 4}
-
-
-class MemoryBudget:
-    """Bytes that concurrent decodes may hold together; `reserve` waits until its share is free.
-
-    A request larger than the whole budget waits until the budget is entirely free, so it always proceeds.
-    ``peak`` records the most ever reserved at once.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError(f"a memory budget needs a positive capacity, got {capacity}")
-        self.capacity = capacity
-        self.used = 0
-        self.peak = 0
-        self._free = threading.Condition()
-
-    @contextmanager
-    def reserve(self, nbytes: int) -> Iterator[None]:
-        nbytes = max(0, min(int(nbytes), self.capacity))
-        with self._free:
-            self._free.wait_for(lambda: self.used + nbytes <= self.capacity)
-            self.used += nbytes
-            self.peak = max(self.peak, self.used)
-        try:
-            yield
-        finally:
-            with self._free:
-                self.used -= nbytes
-                self._free.notify_all()
-
-
-DEFAULT_BUDGET = MemoryBudget(DECODE_MEMORY)
+T = TypeVar("T")
 
 
 def describe_source(source: ImageInput, index: int | None = None) -> str:
@@ -115,124 +68,26 @@ def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> byte
     return read_regular(path, max_bytes, UnreadableImage)
 
 
-@dataclass(frozen=True)
-class _Header:
-    """What an image header says: its size and an upper bound of the bytes per pixel OpenCV will decode to."""
-
-    width: int
-    height: int
-    bytes_per_pixel: int
-
-    @property
-    def pixels(self) -> int:
-        return self.width * self.height
-
-    @property
-    def decoded_bytes(self) -> int:
-        return self.pixels * self.bytes_per_pixel
-
-
-def _jpeg_header(data: bytes, name: str) -> _Header:
-    """Walk a JPEG's marker segments to its end-of-image marker, taking the size from its start-of-frame.
-
-    libjpeg fills a truncated JPEG with grey and reports success, so truncation has to be found here: lengths
-    skip headers (an EXIF thumbnail inside APP1 included), entropy-coded scan data is skipped to the next real
-    marker. Runs of fill bytes and scan data are skipped by regular expressions, so the walk costs a few
-    operations per segment whatever the file holds, and the number of segments is bounded.
-    """
-    truncated = UnreadableImage(f"{name}: truncated or corrupt JPEG (no end-of-image marker)")
-    i, n, segments, size = 2, len(data), 0, None
-    while i < n:
-        if data[i] != 0xFF:
-            raise truncated
-        i = _JPEG_FILL.match(data, i).end()  # the marker byte follows any number of fill bytes
-        if i >= n:
-            raise truncated
-        marker = data[i]
-        i += 1
-        segments += 1
-        if segments > MAX_JPEG_SEGMENTS:
-            raise UnreadableImage(f"{name}: corrupt JPEG (more than {MAX_JPEG_SEGMENTS:,} marker segments)")
-        if marker == 0xD9:  # end of image
-            if size is None:
-                raise UnreadableImage(f"{name}: corrupt JPEG (no frame header with the image size)")
-            return _Header(size[0], size[1], 3)  # decoded straight to 8-bit RGB
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length field
-            continue
-        if i + 2 > n:
-            raise truncated
-        length = int.from_bytes(data[i : i + 2], "big")
-        if length < 2:
-            raise UnreadableImage(f"{name}: corrupt JPEG (a segment of length {length})")
-        if marker in _JPEG_SOF and size is None and i + 7 <= n:
-            height, width = int.from_bytes(data[i + 3 : i + 5], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
-            if width == 0 or height == 0:
-                raise UnreadableImage(f"{name}: corrupt JPEG (frame header gives {width}x{height} pixels)")
-            size = (width, height)
-        i += length
-        if marker == 0xDA:  # start of scan: skip the entropy-coded data
-            m = _JPEG_MARKER.search(data, i)
-            if m is None:
-                raise truncated
-            i = m.start()
-    raise truncated
-
-
-def _pillow_header(data: bytes, fmt: str | None) -> _Header | None:
-    """Size and bytes per pixel from Pillow's header parsers (no pixels are read), or None if not parseable."""
+def _decode(
+    data: bytes, name: str, max_pixels: int, reservation: Reservation, transform: Callable[[np.ndarray], T] | None
+) -> np.ndarray | T:
+    header, data = read_header(data, name, max_pixels)
+    # JPEG is 8-bit without alpha: libjpeg-turbo writes RGB directly (grey and CMYK converted). Other formats
+    # come unchanged (16-bit, alpha, grey) and `to_rgb8` brings them to 8-bit RGB.
+    jpeg = header.format == "JPEG"
+    flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION if jpeg else cv2.IMREAD_UNCHANGED
+    reservation.resize(len(data) + 2 * header.decoded_bytes)  # the file, the decoder's buffer, the RGB copy
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
-            with PIL.Image.open(io.BytesIO(data)) as header:
-                width, height = header.size
-                sample = np.dtype(ImageMode.getmode(header.mode).typestr).itemsize
-                if fmt == "TIFF":  # Pillow's mode does not keep 16-bit colour; the tags do
-                    bits = header.tag_v2.get(258) or (8,)
-                    sample = max(sample, math.ceil(max(bits) / 8))
-    except PIL.Image.DecompressionBombError as e:
-        # Pillow refuses beyond its own bound, which equals MAX_PIXELS; its message carries the size.
-        numbers = re.findall(r"\d+", str(e))
-        return _Header(int(numbers[0]) if numbers else MAX_PIXELS + 1, 1, 1)
-    except Exception:  # not identifiable by Pillow
-        return None
-    if fmt == "PNG" and len(data) >= 26:  # IHDR, the first chunk: bit depth and colour type
-        return _Header(width, height, _PNG_CHANNELS.get(data[25], 4) * (2 if data[24] == 16 else 1))
-    return _Header(width, height, 4 * sample)  # up to four channels of the mode's sample size
-
-
-def _sniff_format(data: bytes) -> str | None:
-    if data.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if data.startswith((b"GIF87a", b"GIF89a")):
-        return "GIF"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WebP"
-    if data.startswith(b"BM"):
-        return "BMP"
-    if data.startswith((b"II*\x00", b"MM\x00*")):
-        return "TIFF"
-    return None
-
-
-def _read_header(data: bytes, name: str, max_pixels: int) -> tuple[str | None, _Header]:
-    """The format and header of an encoded image, refusing what it would cost too much to decode."""
-    fmt = _sniff_format(data)
-    header = _jpeg_header(data, name) if fmt == "JPEG" else _pillow_header(data, fmt)
-    if header is None:
-        if fmt is None:
-            raise UnreadableImage(f"{name}: not an image (no known image format)")
-        raise UnreadableImage(f"{name}: corrupt {fmt} file (its header cannot be read)")
-    if header.pixels > max_pixels:
-        shape = f"{header.width}x{header.height} is" if header.height > 1 else f"{header.width:,} pixels is"
-        raise ImageTooLarge(f"{name}: image too large ({shape} over {max_pixels:,} pixels; a decompression bomb?)")
-    if header.decoded_bytes > MAX_DECODED_BYTES:
-        raise ImageTooLarge(
-            f"{name}: image too large to decode ({header.width}x{header.height} at up to {header.bytes_per_pixel} "
-            f"bytes per pixel is {header.decoded_bytes:,} bytes; the limit is {MAX_DECODED_BYTES:,})"
-        )
-    return fmt, header
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error as e:
+        if "MAX_IMAGE_PIXELS" in str(e) or "validateInputImageSize" in str(e):
+            raise ImageTooLarge(f"{name}: image too large (a decompression bomb?)") from None
+        raise UnreadableImage(f"{name}: corrupt {header.format} ({str(e).strip().splitlines()[-1]})") from None
+    if decoded is None:
+        raise UnreadableImage(f"{name}: corrupt or truncated {header.format} file")
+    image = to_rgb8(decoded, name=name, max_pixels=max_pixels, bgr=not jpeg, value_range=(0.0, 1.0))
+    del decoded
+    return image if transform is None else transform(image)
 
 
 def decode_bytes(
@@ -243,36 +98,24 @@ def decode_bytes(
 ) -> np.ndarray:
     """Decode an encoded image into an 8-bit RGB array `[H, W, 3]`.
 
+    Formats: JPEG, PNG, GIF (its first frame), WebP, BMP, TIFF (see `dgs_sdk.headers` for what each may cost).
     EXIF orientation is ignored, as in PIL-based training pipelines: rotating pixels would not change a
-    detector's verdict, but resampling would. Animated GIFs give their first frame. The decode waits for its
-    share of ``budget`` (`DEFAULT_BUDGET`, shared by the whole process, when None).
+    detector's verdict, but resampling would. The decode waits for its share of ``budget`` (`DEFAULT_BUDGET`,
+    shared by the whole process, when None).
 
     Raises:
-        UnreadableImage: empty, truncated, corrupt or not an image.
-        ImageTooLarge: more than `max_pixels` pixels, or a decoded buffer over `MAX_DECODED_BYTES`.
+        UnreadableImage: empty, truncated, corrupt, not an image, or in another format.
+        ImageTooLarge: its header promises more pixels, decoded bytes or work than `dgs_sdk.limits` allows.
     """
     data = bytes(data)
     if not data:
         raise UnreadableImage(f"{name}: empty file (0 bytes)")
-    fmt, header = _read_header(data, name, max_pixels)
-    # JPEG is 8-bit without alpha: libjpeg-turbo writes RGB directly (grey and CMYK converted). Other formats
-    # come unchanged (16-bit, alpha, grey) and `to_rgb8` brings them to 8-bit RGB.
-    jpeg = fmt == "JPEG"
-    flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION if jpeg else cv2.IMREAD_UNCHANGED
-    with (budget or DEFAULT_BUDGET).reserve(2 * header.decoded_bytes):  # the decoder's buffer and the RGB copy
-        try:
-            decoded = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-        except cv2.error as e:
-            if "MAX_IMAGE_PIXELS" in str(e) or "validateInputImageSize" in str(e):
-                raise ImageTooLarge(f"{name}: image too large (a decompression bomb?)") from None
-            raise UnreadableImage(f"{name}: corrupt {fmt or 'image'} ({str(e).strip().splitlines()[-1]})") from None
-        if decoded is None:
-            raise UnreadableImage(f"{name}: corrupt or truncated {fmt or 'image'} file")
-        return to_rgb8(decoded, name=name, max_pixels=max_pixels, bgr=not jpeg, value_range=(0.0, 1.0))
+    with (budget or DEFAULT_BUDGET).reserve(len(data)) as reservation:
+        return _decode(data, name, max_pixels, reservation, None)
 
 
 def check_value_range(value_range: ValueRange | None) -> ValueRange | None:
-    """``value_range`` as two floats, checked: finite, black below white.
+    """``value_range`` as two floats, checked: finite, black below white, a scale to 0..255 that is finite.
 
     Raises:
         ValueError: anything else.
@@ -281,9 +124,11 @@ def check_value_range(value_range: ValueRange | None) -> ValueRange | None:
         return None
     try:
         low, high = (float(v) for v in value_range)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"value_range must be two numbers (black, white), got {value_range!r}") from None
-    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+    span = high - low
+    if not (math.isfinite(low) and math.isfinite(high) and math.isfinite(span) and span > 0
+            and math.isfinite(255.0 / span)):
         raise ValueError(f"value_range must be two finite numbers, black below white; got {value_range!r}")
     return low, high
 
@@ -302,9 +147,11 @@ def _float_to_uint8(image: np.ndarray, name: str, value_range: ValueRange | None
         raise UnreadableImage(
             f"{name}: values from {smallest:g} to {largest:g} fall outside the declared range {low:g} to {high:g}"
         )
-    scaled = (image - low) * (255.0 / (high - low))
+    scaled = image.astype(np.float64)  # float16 or float32 arithmetic could overflow or lose the scale
+    scaled -= low
+    scaled *= 255.0 / (high - low)
     scaled += 0.5
-    return scaled.astype(np.uint8)
+    return np.clip(scaled, 0.0, 255.0, out=scaled).astype(np.uint8)
 
 
 def to_rgb8(
@@ -356,16 +203,35 @@ def load_image(
     max_pixels: int = MAX_PIXELS,
     value_range: ValueRange | None = None,
     budget: MemoryBudget | None = None,
-) -> np.ndarray:
+    transform: Callable[[np.ndarray], T] | None = None,
+) -> np.ndarray | T:
     """Decode a path, encoded bytes or an array into 8-bit RGB `[H, W, 3]` (arrays are taken as RGB).
 
-    ``value_range`` declares the scale of float arrays (see `to_rgb8`); files and bytes do not need it.
+    ``value_range`` declares the scale of float arrays (see `to_rgb8`); files and bytes do not need it. A file
+    is read and decoded while holding its share of ``budget`` (the file's bytes, then its decoded size), and
+    ``transform``, when given, is applied to the image before that share is given back (preprocessing a huge
+    image counts against the budget too); its result is returned instead of the image.
     """
     name = name or describe_source(source)
     if isinstance(source, np.ndarray):
-        return to_rgb8(source, name=name, max_pixels=max_pixels, value_range=value_range)
+        image = to_rgb8(source, name=name, max_pixels=max_pixels, value_range=value_range)
+        return image if transform is None else transform(image)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return decode_bytes(source, name=name, max_pixels=max_pixels, budget=budget)
+        data = bytes(source)
+        if not data:
+            raise UnreadableImage(f"{name}: empty file (0 bytes)")
+        with (budget or DEFAULT_BUDGET).reserve(len(data)) as reservation:
+            return _decode(data, name, max_pixels, reservation, transform)
     if isinstance(source, (str, os.PathLike)):
-        return decode_bytes(read_bytes(Path(source)), name=name, max_pixels=max_pixels, budget=budget)
+        with (budget or DEFAULT_BUDGET).reserve() as reservation:
+            file, size = open_regular(source, MAX_FILE_BYTES, UnreadableImage)
+            with file:
+                reservation.resize(size)  # the file's bytes count before they are read
+                try:
+                    data = file.read(size) if size else b""
+                except OSError as e:  # EAGAIN from a pseudo-file opened non-blocking, an I/O error
+                    raise UnreadableImage(f"{name}: cannot be read ({e.strerror or e})") from None
+            if not data:
+                raise UnreadableImage(f"{name}: empty file (0 bytes)")
+            return _decode(data, name, max_pixels, reservation, transform)
     raise UnreadableImage(f"{name}: expected a path, encoded bytes or a numpy array, got {type(source).__name__}")

@@ -9,13 +9,24 @@ __all__ = [
     "MAX_FILE_BYTES",
     "MAX_DECODED_BYTES",
     "DECODE_MEMORY",
+    "MAX_FILE_BYTES_PER_PIXEL",
+    "MAX_METADATA_BYTES",
     "MAX_JPEG_SEGMENTS",
+    "MAX_JPEG_SCANS",
+    "MAX_JPEG_SCAN_PIXELS",
+    "MAX_PNG_CHUNKS",
+    "MAX_TIFF_VALUES",
     "MAX_INPUT_SIZE",
     "MAX_BATCH_BYTES",
+    "MAX_READ_AHEAD_BYTES",
     "MAX_PACKAGE_BYTES",
     "MAX_MEMBER_BYTES",
     "MAX_MEMBERS",
     "MAX_MANIFEST_BYTES",
+    "MAX_PACKAGE_CONTENT_BYTES",
+    "MAX_ZIP_DIRECTORY_BYTES",
+    "MAX_GRAPH_NODES",
+    "SMOKE_CHECK_SECONDS",
 ]
 
 # Same bound as Pillow's decompression-bomb error: a 13k x 13k image is accepted, a 14k x 14k one is not.
@@ -28,15 +39,28 @@ MAX_DECODED_BYTES = 3 * MAX_PIXELS
 # What the decode workers of one process may hold at once, all together: each decode reserves twice its
 # decoded size (the decoder's buffer and the 8-bit RGB copy) and waits while the budget is taken.
 DECODE_MEMORY = 2 * 1024**3
+# A file holds its pixels (at most 8 bytes each uncompressed, 16 with a bad encoder) and metadata (EXIF, ICC,
+# XMP, a preview): anything beyond that is there to make a decoder work, like 100 MB of JPEG fill bytes.
+MAX_FILE_BYTES_PER_PIXEL = 16
+MAX_METADATA_BYTES = 16 * 1024**2
 # A JPEG has a few dozen marker segments before its image data (a progressive one, a few hundred); a file
-# with more is built to make the header walk slow.
+# with more is built to make the header walk slow. A progressive JPEG is decoded once per scan: encoders write
+# about ten, and pixels x scans is bounded like twelve scans of an image at the pixel limit.
 MAX_JPEG_SEGMENTS = 10_000
+MAX_JPEG_SCANS = 100
+MAX_JPEG_SCAN_PIXELS = 12 * MAX_PIXELS
+# A PNG of the largest allowed file size in the 8 kB IDAT chunks libpng writes has about 65,000 chunks.
+MAX_PNG_CHUNKS = 200_000
+# Numbers in one field of a TIFF's first directory: strip and tile tables of large images hold a few thousand.
+MAX_TIFF_VALUES = 250_000
 
 # The model's square input side: CLIP-family detectors use 224 to 518; larger inputs only cost memory.
 MAX_INPUT_SIZE = 1024
 # One inference batch (float32 [B, 3, S, S]) never exceeds this, whatever batch size is asked for: 445 images
 # of 224 x 224. It bounds the read-ahead of a stream too (two batches of 8-bit crops).
 MAX_BATCH_BYTES = 256 * 1024**2
+# In-memory inputs (arrays, encoded bytes) a stream may hold ahead of the model, whatever their number.
+MAX_READ_AHEAD_BYTES = 512 * 1024**2
 
 # A `.dgs` package: the zip itself, one member (protobuf cannot hold more than 2 GiB, so no ONNX graph without
 # external data is larger), the number of members and the manifest.
@@ -44,3 +68,10 @@ MAX_PACKAGE_BYTES = 8 * 1024**3
 MAX_MEMBER_BYTES = 2 * 1024**3
 MAX_MEMBERS = 64
 MAX_MANIFEST_BYTES = 1024**2
+# All members together (model variants included), and the zip's central directory.
+MAX_PACKAGE_CONTENT_BYTES = 4 * 1024**3
+MAX_ZIP_DIRECTORY_BYTES = 1024**2
+# An exported ViT-L/14 has about 2,000 nodes.
+MAX_GRAPH_NODES = 100_000
+# The run of a new package's model on two grey images at load; a real detector takes seconds even on a small CPU.
+SMOKE_CHECK_SECONDS = 120.0

@@ -5,7 +5,8 @@ files: a tensor whose data lives at ``/etc/passwd`` would bring that file's byte
 every tensor of the graph (initializers, attributes of any node, subgraphs, functions, training info) must hold
 its own data. The graph's interface must also be the one the manifest promises: one float32 input
 ``[B, 3, size, size]`` and a float32 output ``[B]``, so a graph cannot take inputs of unbounded size or give
-outputs the SDK would misread.
+outputs the SDK would misread. And it must be what an exported detector is: a feed-forward network of standard
+ONNX operators (no loops or branches, no custom domains or local functions) of bounded size.
 """
 
 from __future__ import annotations
@@ -14,8 +15,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .errors import ModelPackageError
+from .limits import MAX_BATCH_BYTES, MAX_GRAPH_NODES
 
 __all__ = ["GraphInterface", "check_onnx_graph"]
+
+STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
+# Operators that run a subgraph: a detector has none, and a loop's trip count is the graph's to choose.
+CONTROL_FLOW = frozenset({"Loop", "Scan", "If", "SequenceMap"})
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,22 @@ def _external_tensors(model) -> Iterator:
         for field, value in message.ListFields():
             if field.type == field.TYPE_MESSAGE:
                 stack.extend([value] if isinstance(value, Message) else value)  # one message, or repeated ones
+
+
+def _check_operators(model, where: str) -> None:
+    if len(model.functions):
+        raise ModelPackageError(f"{where}: the graph defines local functions ({model.functions[0].name!r}, ...); "
+                                "a dgs model is made of standard ONNX operators")
+    nodes = model.graph.node
+    if len(nodes) > MAX_GRAPH_NODES:
+        raise ModelPackageError(f"{where}: the graph has {len(nodes):,} nodes (at most {MAX_GRAPH_NODES:,})")
+    for node in nodes:
+        if node.domain not in STANDARD_DOMAINS:
+            raise ModelPackageError(f"{where}: node {node.name!r} uses operator {node.op_type!r} of domain "
+                                    f"{node.domain!r}; a dgs model is made of standard ONNX operators")
+        if node.op_type in CONTROL_FLOW:
+            raise ModelPackageError(f"{where}: node {node.name!r} is a {node.op_type}; a dgs model is a "
+                                    "feed-forward network, without loops or branches")
 
 
 def _dims(value_info) -> list[int | str | None] | None:
@@ -75,6 +97,7 @@ def check_onnx_graph(model_bytes: bytes, input_name: str, output_name: str, size
             "all of its weights, so the graph is refused before any runtime reads it"
         )
     graph = model.graph
+    _check_operators(model, where)
     initializers = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
     float32 = onnx.TensorProto.FLOAT
@@ -94,6 +117,9 @@ def check_onnx_graph(model_bytes: bytes, input_name: str, output_name: str, size
             f"gives {expected}"
         )
     batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
+    if batch is not None and batch * 12 * size * size > MAX_BATCH_BYTES:
+        raise ModelPackageError(f"{where}: a fixed batch of {batch} images of {size} x {size} takes more than "
+                                f"{MAX_BATCH_BYTES:,} bytes a run")
     outputs = {o.name: o for o in graph.output}
     if output_name not in outputs:
         raise ModelPackageError(f"{where}: the graph has no output {output_name!r} (outputs: {', '.join(outputs)})")

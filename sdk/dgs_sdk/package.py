@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import struct
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -30,11 +31,18 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import ModelPackageError
 from .files import AtomicFile, open_regular
-from .limits import MAX_MANIFEST_BYTES, MAX_MEMBER_BYTES, MAX_MEMBERS, MAX_PACKAGE_BYTES
+from .limits import (
+    MAX_MANIFEST_BYTES,
+    MAX_MEMBER_BYTES,
+    MAX_MEMBERS,
+    MAX_PACKAGE_BYTES,
+    MAX_PACKAGE_CONTENT_BYTES,
+    MAX_ZIP_DIRECTORY_BYTES,
+)
 from .onnx_graph import GraphInterface, check_onnx_graph
 from .preprocess import PreprocessSpec
 
@@ -48,6 +56,10 @@ MANIFEST_KEYS = frozenset({"format", "format_version", "model", "preprocess", "t
                            "architecture", "provenance", "files", "created"})
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
+# Zip end records (APPNOTE 4.3.16, 4.3.15, 4.3.14): signature, then the fields up to the entry count and size.
+_EOCD_SIGNATURE, _EOCD = b"PK\x05\x06", struct.Struct("<4s4H2LH")
+_ZIP64_LOCATOR_SIGNATURE, _ZIP64_LOCATOR = b"PK\x06\x07", struct.Struct("<4sLQL")
+_ZIP64_END_SIGNATURE, _ZIP64_END = b"PK\x06\x06", struct.Struct("<4sQ2H2L4Q")
 
 
 def sha256_hex(data: bytes) -> str:
@@ -191,7 +203,7 @@ class Manifest:
         if _get(model, "format", str, "model.") != "onnx":
             raise ValueError(f"model format {model['format']!r:.60} is not supported (expected onnx)")
         threshold = _get(d, "threshold", (int, float), "", 0.5)
-        if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+        if not (0.0 <= threshold <= 1.0 and math.isfinite(threshold)):  # compared first: a huge int has no float
             raise ValueError(f"field 'threshold' ({threshold}) is not a probability in [0, 1]")
         files = _get(d, "files", dict, "")
         for member, meta in files.items():
@@ -216,8 +228,8 @@ class Manifest:
         )
 
 
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> tuple[bytes, str]:
-    """A member's bytes and their sha256, streamed: never more than the size the zip declares."""
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, keep: bool) -> tuple[bytes, str]:
+    """A member's sha256, streamed (never more than the size the zip declares), and its bytes if ``keep``."""
     digest, chunks, total = hashlib.sha256(), [], 0
     with zf.open(info) as member:
         while chunk := member.read(_CHUNK):
@@ -225,7 +237,8 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> tuple
             if total > info.file_size:
                 raise ModelPackageError(f"{name}: member {info.filename!r} is larger than the zip declares")
             digest.update(chunk)
-            chunks.append(chunk)
+            if keep:
+                chunks.append(chunk)
     return b"".join(chunks), digest.hexdigest()
 
 
@@ -264,7 +277,8 @@ class ModelPackage:
     def load(cls, path: str | os.PathLike, name: str | None = None) -> ModelPackage:
         """Read a package, verify its manifest, the size and sha256 of every member, and its ONNX graph.
 
-        Errors name the package as ``name`` (its path by default).
+        Only the model member is kept in memory; the others are verified as they stream by and read again, and
+        verified again, by `read_member`. Errors name the package as ``name`` (its path by default).
 
         Raises:
             ModelPackageError: not a regular file, not a zip, a bad manifest, missing, extra, duplicate or
@@ -272,68 +286,124 @@ class ModelPackage:
         """
         path = Path(path)
         name = name or os.fspath(path)
-        try:
-            file, _ = open_regular(path, MAX_PACKAGE_BYTES, ModelPackageError)
-        except ModelPackageError as e:
-            raise ModelPackageError(str(e).replace(os.fspath(path), name, 1)) from None
-        try:
-            with file, zipfile.ZipFile(file) as zf:
-                manifest, members = cls._read_zip(zf, name)
-        except (zipfile.BadZipFile, zlib.error, EOFError):
-            raise ModelPackageError(f"{name}: not a dgs model package (not a zip file, or a damaged one)") from None
-        except (RuntimeError, NotImplementedError) as e:  # encrypted members, unknown compression methods
-            raise ModelPackageError(f"{name}: a member cannot be read ({e})") from None
-        except OSError as e:
-            raise ModelPackageError(f"{name}: cannot be read ({e.strerror or e})") from None
+        manifest, members = _open_zip(path, name, lambda zf: _read_members(zf, name))
         package = cls(path=path, manifest=manifest, members=members)
         package.check_graph(name)
         return package
 
-    @staticmethod
-    def _read_zip(zf: zipfile.ZipFile, name: str) -> tuple[Manifest, dict[str, bytes]]:
-        infos = zf.infolist()
-        if len(infos) > MAX_MEMBERS:
-            raise ModelPackageError(f"{name}: holds {len(infos)} members; a model package has at most {MAX_MEMBERS}")
-        by_name: dict[str, zipfile.ZipInfo] = {}
-        for info in infos:
-            if info.filename in by_name:
-                raise ModelPackageError(f"{name}: member {info.filename!r} appears twice in the zip")
-            by_name[info.filename] = info
-        if MANIFEST_NAME not in by_name:
-            raise ModelPackageError(f"{name}: not a dgs model package (no {MANIFEST_NAME} inside)")
-        manifest_info = by_name.pop(MANIFEST_NAME)
-        size = manifest_info.file_size
-        if size > MAX_MANIFEST_BYTES:
-            limit = MAX_MANIFEST_BYTES
-            raise ModelPackageError(f"{name}: {MANIFEST_NAME} declares {size:,} bytes; the limit is {limit:,}")
-        try:
-            raw = _strict_json(_read_member(zf, manifest_info, name)[0])
-        except ValueError as e:
-            raise ModelPackageError(f"{name}: {MANIFEST_NAME} is not valid JSON ({e})") from None
-        manifest = Manifest.from_dict(raw, source=f"{name}: {MANIFEST_NAME}")
-        if manifest.model_file not in manifest.files:
-            raise ModelPackageError(f"{name}: manifest has no checksum for model file {manifest.model_file!r}")
-        unlisted = sorted(set(by_name) - set(manifest.files))
-        if unlisted:
-            raise ModelPackageError(f"{name}: members {unlisted} are not listed (with a checksum) in the manifest")
-        members = {}
-        for member, meta in manifest.files.items():
-            if member not in by_name:
-                raise ModelPackageError(f"{name}: member {member!r} listed in the manifest is missing")
-            info = by_name[member]
-            if info.file_size != meta["size"] or info.file_size > MAX_MEMBER_BYTES:
-                raise ModelPackageError(
-                    f"{name}: member {member!r} is {info.file_size:,} bytes in the zip and {meta['size']:,} in "
-                    f"the manifest; they must agree and be at most {MAX_MEMBER_BYTES:,}"
-                )
-            data, actual = _read_member(zf, info, name)
-            if actual != meta["sha256"]:
-                raise ModelPackageError(
-                    f"{name}: member {member!r} fails its checksum (manifest sha256 {meta['sha256']}, "
-                    f"content {actual}); the package is corrupted or was modified"
-                )
+    def read_member(self, member: str) -> bytes:
+        """The bytes of a member the manifest lists, verified against its checksum again."""
+        if member in self.members:
+            return self.members[member]
+        if member not in self.manifest.files:
+            listed = ", ".join(self.manifest.files)
+            raise ModelPackageError(f"{self.path}: has no member {member!r} (members: {listed})")
+        name = os.fspath(self.path)
+
+        def read(zf: zipfile.ZipFile) -> bytes:
+            data, digest = _read_member(zf, zf.getinfo(member), name, keep=True)
+            if digest != self.manifest.files[member]["sha256"]:
+                raise ModelPackageError(f"{name}: member {member!r} fails its checksum; the package was modified")
+            return data
+
+        return _open_zip(self.path, name, read)
+
+
+def _zip_directory_size(file: BinaryIO, size: int, name: str) -> tuple[int, int]:
+    """Entries and bytes of a zip's central directory, from its end records, before anything parses it."""
+    tail = min(size, _EOCD.size + 65535)  # the end record, then a comment of up to 64 kB
+    file.seek(size - tail)
+    data = file.read(tail)
+    at = data.rfind(_EOCD_SIGNATURE)
+    if at < 0 or at + _EOCD.size > len(data):
+        raise ModelPackageError(f"{name}: not a dgs model package (not a zip file)")
+    *_, entries, directory, _, _ = _EOCD.unpack_from(data, at)
+    if entries == 0xFFFF or directory == 0xFFFFFFFF:  # ZIP64: the locator just before points at the real counts
+        locator = at - _ZIP64_LOCATOR.size
+        if locator < 0 or data[locator : locator + 4] != _ZIP64_LOCATOR_SIGNATURE:
+            raise ModelPackageError(f"{name}: damaged zip (ZIP64 end record missing)")
+        _, _, record, _ = _ZIP64_LOCATOR.unpack_from(data, locator)
+        file.seek(record)
+        raw = file.read(_ZIP64_END.size)
+        if len(raw) < _ZIP64_END.size or raw[:4] != _ZIP64_END_SIGNATURE:
+            raise ModelPackageError(f"{name}: damaged zip (ZIP64 end record missing)")
+        *_, entries, directory, _ = _ZIP64_END.unpack(raw)
+    file.seek(0)
+    return entries, directory
+
+
+def _open_zip(path: Path, name: str, read):
+    """``read(zipfile)`` on the package at ``path``, a regular file whose zip directory is bounded; zip and I/O
+    errors become `ModelPackageError` naming the package as ``name``."""
+    try:
+        file, size = open_regular(path, MAX_PACKAGE_BYTES, ModelPackageError)
+    except ModelPackageError as e:
+        raise ModelPackageError(str(e).replace(os.fspath(path), name, 1)) from None
+    try:
+        with file:
+            entries, directory = _zip_directory_size(file, size, name)
+            if entries > MAX_MEMBERS or directory > MAX_ZIP_DIRECTORY_BYTES:
+                raise ModelPackageError(f"{name}: holds {entries:,} members in a directory of {directory:,} bytes; a "
+                                        f"model package has at most {MAX_MEMBERS} members")
+            with zipfile.ZipFile(file) as zf:
+                return read(zf)
+    except (zipfile.BadZipFile, zlib.error, EOFError, struct.error):
+        raise ModelPackageError(f"{name}: not a dgs model package (not a zip file, or a damaged one)") from None
+    except (RuntimeError, NotImplementedError) as e:  # encrypted members, unknown compression methods
+        raise ModelPackageError(f"{name}: a member cannot be read ({e})") from None
+    except OSError as e:
+        raise ModelPackageError(f"{name}: cannot be read ({e.strerror or e})") from None
+
+
+def _read_members(zf: zipfile.ZipFile, name: str) -> tuple[Manifest, dict[str, bytes]]:
+    """The manifest and the model member of an open package, every member's size and checksum verified."""
+    by_name: dict[str, zipfile.ZipInfo] = {}
+    for info in zf.infolist():
+        if info.filename in by_name:
+            raise ModelPackageError(f"{name}: member {info.filename!r} appears twice in the zip")
+        by_name[info.filename] = info
+    if MANIFEST_NAME not in by_name:
+        raise ModelPackageError(f"{name}: not a dgs model package (no {MANIFEST_NAME} inside)")
+    manifest_info = by_name.pop(MANIFEST_NAME)
+    size = manifest_info.file_size
+    if size > MAX_MANIFEST_BYTES:
+        raise ModelPackageError(f"{name}: {MANIFEST_NAME} declares {size:,} bytes; the limit is {MAX_MANIFEST_BYTES:,}")
+    try:
+        raw = _strict_json(_read_member(zf, manifest_info, name, keep=True)[0])
+    except ValueError as e:
+        raise ModelPackageError(f"{name}: {MANIFEST_NAME} is not valid JSON ({e})") from None
+    manifest = Manifest.from_dict(raw, source=f"{name}: {MANIFEST_NAME}")
+    if manifest.model_file not in manifest.files:
+        raise ModelPackageError(f"{name}: manifest has no checksum for model file {manifest.model_file!r}")
+    unlisted = sorted(set(by_name) - set(manifest.files))
+    if unlisted:
+        raise ModelPackageError(f"{name}: members {unlisted} are not listed (with a checksum) in the manifest")
+    missing = sorted(set(manifest.files) - set(by_name))
+    if missing:
+        raise ModelPackageError(f"{name}: members {missing} listed in the manifest are missing")
+    for member, meta in manifest.files.items():
+        declared = by_name[member].file_size
+        if declared != meta["size"] or declared > MAX_MEMBER_BYTES:
+            raise ModelPackageError(
+                f"{name}: member {member!r} is {declared:,} bytes in the zip and {meta['size']:,} in the "
+                f"manifest; they must agree and be at most {MAX_MEMBER_BYTES:,}"
+            )
+    total = sum(info.file_size for info in by_name.values())
+    if total > MAX_PACKAGE_CONTENT_BYTES:
+        limit = MAX_PACKAGE_CONTENT_BYTES
+        raise ModelPackageError(f"{name}: members of {total:,} bytes in all; the limit is {limit:,}")
+    members = {}
+    for member, meta in manifest.files.items():
+        keep = member == manifest.model_file
+        data, actual = _read_member(zf, by_name[member], name, keep=keep)
+        if actual != meta["sha256"]:
+            raise ModelPackageError(
+                f"{name}: member {member!r} fails its checksum (manifest sha256 {meta['sha256']}, "
+                f"content {actual}); the package is corrupted or was modified"
+            )
+        if keep:
             members[member] = data
-        return manifest, members
+    return manifest, members
 
 
 def write_package(path: str | os.PathLike, manifest: Manifest, members: Mapping[str, bytes]) -> Path:

@@ -45,6 +45,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114])
 ENTROPY_DECIMALS = 6
 MIN_INPUT_SIZE = 16
+# Smaller patches give nothing to a spectrum and millions of entropies to rank on a large image.
+MIN_PATCH_SIZE = 8
 # A smaller std would multiply pixel values by over 255,000: no real normalisation does that.
 MIN_STD = 1e-3
 TRANSFORMS = ("clip", "patch-select")
@@ -63,7 +65,7 @@ def _triple(values: Any, name: str, low: float, high: float) -> tuple[float, flo
         raise ValueError(f"preprocess {name} must be a list of 3 numbers, got {values!r}")
     for value in values:
         real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-        if not real or not math.isfinite(value) or not low <= value <= high:
+        if not real or not (low <= value <= high and math.isfinite(value)):  # huge ints compare, never convert
             raise ValueError(f"preprocess {name} must be 3 finite numbers from {low} to {high}, got {list(values)}")
     return tuple(float(v) for v in values)
 
@@ -77,7 +79,7 @@ class PreprocessSpec:
         size: side of the square model input in pixels, 16 to `MAX_INPUT_SIZE`.
         mean: per-channel RGB mean, on the 0..1 scale (each in [0, 1]).
         std: per-channel RGB standard deviation, on the 0..1 scale (each in [0.001, 1]).
-        patch_size: side of a patch (``patch-select`` only, at least 2); ``size`` must be a multiple of it.
+        patch_size: side of a patch (``patch-select`` only, at least 8); ``size`` must be a multiple of it.
         interpolation: resampling used when resizing; only ``"bicubic"`` is defined.
     """
 
@@ -99,8 +101,10 @@ class PreprocessSpec:
             raise ValueError(
                 f"preprocess size must be an integer from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}, got {self.size!r}"
             )
-        if not _is_int(self.patch_size) or self.patch_size < 2:
-            raise ValueError(f"preprocess patch_size must be an integer of at least 2, got {self.patch_size!r}")
+        if not _is_int(self.patch_size) or self.patch_size < MIN_PATCH_SIZE:
+            raise ValueError(
+                f"preprocess patch_size must be an integer of at least {MIN_PATCH_SIZE}, got {self.patch_size!r}"
+            )
         if self.interpolation != "bicubic":
             raise ValueError(f"preprocess interpolation {self.interpolation!r} is unknown (expected 'bicubic')")
         if self.transform == "patch-select" and self.size % self.patch_size:

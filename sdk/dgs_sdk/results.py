@@ -31,6 +31,8 @@ from typing import IO, Any
 from .errors import DgsError
 from .files import AtomicFile
 
+FAKE, REAL = "fake", "real"
+
 __all__ = [
     "COLUMNS",
     "OUTPUT_FORMATS",
@@ -95,7 +97,25 @@ class PreviousRows:
 
     @property
     def paths(self) -> set[str]:
-        return {row["path"] for row in self.rows}
+        """The files that have a row, as `path_key` spells them."""
+        return {path_key(row["path"]) for row in self.rows}
+
+
+def path_key(path: str) -> str:
+    """One spelling of a path for comparisons: ``photos/a.jpg``, ``./photos/a.jpg`` and its absolute path agree
+    (symbolic links are not resolved: two links to one file are two files)."""
+    return os.path.normpath(os.path.abspath(path))
+
+
+def _is_row(row: Any) -> bool:
+    """Whether ``row`` has the columns and value types a scan writes."""
+    if not isinstance(row, dict) or set(row) != set(COLUMNS) or not isinstance(row["path"], str) or not row["path"]:
+        return False
+    probability, label, error = row["probability"], row["label"], row["error"]
+    if error is not None:
+        return isinstance(error, str) and probability is None and label is None
+    number = isinstance(probability, (int, float)) and not isinstance(probability, bool)
+    return number and 0.0 <= probability <= 1.0 and label in (FAKE, REAL)
 
 
 def _lines(text: str, universal: bool) -> Iterable[tuple[str, int]]:
@@ -134,7 +154,7 @@ def read_rows(path: Path, fmt: str) -> PreviousRows:
 
     def take(row: Any, where: str) -> None:
         nonlocal whole
-        if not isinstance(row, dict) or set(row) != set(COLUMNS):
+        if not _is_row(row):
             raise ResultsError(f"{name}:{where}: not a dgs results row; cannot resume into this file")
         previous.rows.append(row)
         whole = position
@@ -163,6 +183,11 @@ def read_rows(path: Path, fmt: str) -> PreviousRows:
                     continue
                 cells = [cell[1:] if cell.startswith("'") else cell or None for cell in record]  # undo `neutralise`
                 row = dict(zip(COLUMNS, cells, strict=True)) if len(cells) == len(COLUMNS) else None
+                if row is not None and row["probability"] is not None:
+                    try:
+                        row["probability"] = float(row["probability"])
+                    except ValueError:
+                        row = None
                 take(row, str(reader.line_num))
         except csv.Error:
             pass  # a quoted field cut off by the end of the file: a partial last row, dropped
@@ -193,6 +218,7 @@ class ResultsFile:
         self._atomic: AtomicFile | None = None
         self._fd: int | None = None
         self._length = 0  # bytes of whole rows in the file
+        self.failed = False  # a write failed: the file ends on its last whole row and takes no more
         if self.out is None:
             if resume:
                 raise ValueError("--resume needs --out: rows on standard output cannot be read back")
@@ -224,12 +250,7 @@ class ResultsFile:
             return
         data = encode_rows(rows, self.fmt)
         if self.out is None:
-            stream = self.stream or sys.stdout
-            if self._length == 0:
-                stream.write(csv_header().decode())
-                self._length = 1
-            stream.write(data.decode("utf-8", "surrogateescape"))
-            stream.flush()
+            self._write_stream(data)
             return
         try:
             if self._fd is None:
@@ -237,7 +258,30 @@ class ResultsFile:
             else:
                 self._append(data)
         except OSError as e:
+            self.failed = True
             raise ResultsError(f"{self.out}: cannot write results ({e.strerror or e})") from None
+
+    def finish(self) -> None:
+        """Called once every row is written: a scan that wrote none still leaves its (empty) results."""
+        if self.out is None:
+            self._write_stream(b"")
+        elif self._fd is None and not self.resume:
+            try:
+                self._open(b"")
+            except OSError as e:
+                raise ResultsError(f"{self.out}: cannot write results ({e.strerror or e})") from None
+
+    def _write_stream(self, data: bytes) -> None:
+        stream = self.stream or sys.stdout
+        try:
+            if self._length == 0:
+                stream.write(csv_header().decode())
+                self._length = 1
+            stream.write(data.decode("utf-8", "surrogateescape"))
+            stream.flush()
+        except OSError as e:  # a full disk behind a redirection, a closed pipe
+            self.failed = True
+            raise ResultsError(f"standard output: cannot write results ({e.strerror or e})") from None
 
     def _open(self, first_rows: bytes) -> None:
         header = csv_header() if self.fmt == "csv" else b""

@@ -15,7 +15,9 @@ from typing import IO
 from tqdm import tqdm
 
 from .detector import FAKE, Detector, Prediction
-from .results import ResultsFile
+from .errors import DgsError
+from .files import ConfinedPath, inside
+from .results import ResultsFile, path_key
 
 __all__ = ["IMAGE_EXTENSIONS", "Target", "ScanConfig", "ScanSummary", "discover", "scan"]
 
@@ -24,38 +26,45 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", 
 
 @dataclass(frozen=True)
 class Target:
-    """A file to score, or an input argument that produced no file (``error`` says why)."""
+    """A file to score, or an input argument that produced no file (``error`` says why).
+
+    ``root`` is the real path of the folder the file was found in when links may not lead out of it: reading
+    checks where the file actually opened (a link swapped in after the listing is caught then).
+    """
 
     path: str
     error: str | None = None
+    root: str | None = None
+
+    @property
+    def source(self) -> str | ConfinedPath:
+        return self.path if self.root is None else ConfinedPath(self.path, self.root)
 
 
 def _is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
-def _outside_link(path: str, root: str) -> Target | None:
-    """An error `Target` for a symbolic link at ``path`` that leads out of ``root`` (a real path), else None."""
+def _outside(path: str, root: str) -> Target | None:
+    """An error `Target` for ``path`` if it resolves out of ``root`` (a real path) through a link, else None."""
     target = os.path.realpath(path)
-    if _inside(target, root):
+    if inside(target, root):
         return None
     return Target(path, f"{path}: symbolic link to {target}, outside the scanned folder {root}; not followed "
                         "(--follow-symlinks follows it)")
 
 
-def _walk(top: str, recursive: bool, follow_symlinks: bool) -> Iterator[Target]:
+def _walk(top: str, recursive: bool, follow_symlinks: bool, hidden: bool) -> Iterator[Target]:
     """Image files under ``top``, depth first in sorted order.
 
     Symbolic links (to files or folders) are followed while they stay inside ``top``; one that leads out of it
     gives an error `Target` unless ``follow_symlinks``. Each folder is visited once (by device and inode), so
     symlink loops end. Hidden entries (names starting with a dot, such as macOS ``._photo.jpg`` resource files)
-    are skipped. Pipes, devices and sockets with an image name are listed: reading refuses them, unopened.
+    are skipped unless ``hidden``. Pipes, devices and sockets with an image name are listed: reading refuses
+    them, unopened.
     """
     root = os.path.realpath(top)
+    confine = None if follow_symlinks else root
     seen: set[tuple[int, int]] = set()
     stack = [top]
     while stack:
@@ -71,7 +80,7 @@ def _walk(top: str, recursive: bool, follow_symlinks: bool) -> Iterator[Target]:
         seen.add((st.st_dev, st.st_ino))
         subfolders = []
         for entry in entries:
-            if entry.name.startswith("."):
+            if entry.name.startswith(".") and not hidden:
                 continue
             try:
                 is_dir = entry.is_dir()  # follows symlinks
@@ -79,31 +88,40 @@ def _walk(top: str, recursive: bool, follow_symlinks: bool) -> Iterator[Target]:
                 is_dir = False  # reading reports what is wrong with it
             if not (is_dir or _is_image_name(entry.name)):
                 continue
-            outside = None if follow_symlinks or not entry.is_symlink() else _outside_link(entry.path, root)
+            outside = _outside(entry.path, root) if confine and entry.is_symlink() else None
             if outside is not None:
                 yield outside
             elif is_dir:
                 subfolders.append(entry.path)
             else:
-                yield Target(entry.path)
+                yield Target(entry.path, root=confine)
         if recursive:
             stack.extend(reversed(subfolders))
 
 
-def _glob_root(pattern: str) -> str:
-    """The real path of the folder a glob pattern searches under: its leading components without wildcards."""
-    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), Path(pattern).parts))
-    return os.path.realpath(os.path.join(*fixed) if fixed else ".")
+def _glob(pattern: str, hidden: bool) -> tuple[str, list[str]]:
+    """The real path of the folder a pattern searches (its leading components without wildcards) and its
+    matches, sorted. ``**`` never descends into linked folders, so links cannot make it loop."""
+    parts = Path(pattern).parts
+    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts))
+    base = Path(*fixed) if fixed else Path()
+    matches = []
+    for match in base.glob(str(Path(*parts[len(fixed) :]))):
+        relative = match.parts[len(base.parts) :]
+        if hidden or not any(part.startswith(".") for part in relative):
+            matches.append(str(match))
+    return os.path.realpath(base), sorted(matches)
 
 
-def discover(paths: Iterable[str], recursive: bool = True, follow_symlinks: bool = False) -> list[Target]:
+def discover(paths: Iterable[str], recursive: bool = True, follow_symlinks: bool = False,
+             hidden: bool = False) -> list[Target]:
     """Expand files, folders and glob patterns into the list of files to score.
 
     Files named explicitly are always scored (a non-image then gets an error row); inside folders and among
-    the matches of a pattern only files with an image extension (case-insensitive) are taken. A missing path
-    or a pattern that matches no image becomes a `Target` with an error, so it is reported, not dropped.
-    Symbolic links found inside a folder or matched by a pattern are followed only while they stay inside it
-    (a pattern's fixed leading folders), unless ``follow_symlinks``.
+    the matches of a pattern only files with an image extension (case-insensitive) are taken, and names starting
+    with a dot only with ``hidden``. A missing path or a pattern that matches no image becomes a `Target` with an
+    error, so it is reported, not dropped. Files found inside a folder or matched by a pattern are read only
+    while they stay inside it (a pattern's leading folders without wildcards), unless ``follow_symlinks``.
     """
     targets: list[Target] = []
     seen: set[str] = set()
@@ -116,15 +134,15 @@ def discover(paths: Iterable[str], recursive: bool = True, follow_symlinks: bool
 
     def expand(path: str, named: bool, root: str | None = None) -> int:
         is_dir = os.path.isdir(path)
-        outside = None
-        if root is not None and not follow_symlinks and os.path.islink(path):
-            outside = _outside_link(path, root)
+        outside = _outside(path, root) if root and not follow_symlinks else None
         if outside is not None:
             found = [outside] if is_dir or _is_image_name(path) else []
         elif is_dir:
-            found = list(_walk(path, recursive, follow_symlinks))
+            found = list(_walk(path, recursive, follow_symlinks, hidden))
+        elif named or _is_image_name(path):  # reading reports missing, unreadable and non-image files
+            found = [Target(path, root=None if follow_symlinks else root)]
         else:
-            found = [Target(path)] if named or _is_image_name(path) else []  # reading reports what is wrong
+            found = []
         for target in found:
             add(target)
         return len(found)
@@ -133,8 +151,8 @@ def discover(paths: Iterable[str], recursive: bool = True, follow_symlinks: bool
         if os.path.lexists(arg):
             expand(arg, named=True)
         elif glob.has_magic(arg):
-            root = _glob_root(arg)
-            if not sum(expand(match, named=False, root=root) for match in sorted(glob.glob(arg, recursive=True))):
+            root, matches = _glob(arg, hidden)
+            if not sum(expand(match, named=False, root=root) for match in matches):
                 add(Target(arg, f"{arg}: pattern matched no image files"))
         else:
             add(Target(arg, f"{arg}: no such file or folder"))
@@ -153,6 +171,7 @@ class ScanConfig:
     workers: int | None = None
     recursive: bool = True
     follow_symlinks: bool = False
+    hidden: bool = False
     resume: bool = False
     overwrite: bool = False
     backend: str = "auto"
@@ -162,13 +181,15 @@ class ScanConfig:
 
 @dataclass
 class ScanSummary:
-    """Counts and speed of a finished scan; ``resumed`` rows came from the interrupted scan it continued."""
+    """Counts and speed of a finished scan; ``resumed`` rows (``resumed_scored`` of them scored) came from the
+    interrupted scan it continued."""
 
     real: int = 0
     fake: int = 0
     errors: int = 0
     seconds: float = 0.0
     resumed: int = 0
+    resumed_scored: int = 0
 
     @property
     def scored(self) -> int:
@@ -180,7 +201,7 @@ class ScanSummary:
 
     @property
     def images_per_second(self) -> float:
-        return (self.scored - self.resumed) / self.seconds if self.seconds > 0 else 0.0
+        return (self.scored - self.resumed_scored) / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def exit_code(self) -> int:
@@ -205,7 +226,7 @@ class ScanSummary:
 
 def _predictions(detector: Detector, targets: list[Target]) -> Iterator[Prediction]:
     """Predictions for every target, in order; targets that failed discovery pass through as error rows."""
-    scorable = [t.path for t in targets if t.error is None]
+    scorable = [t.source for t in targets if t.error is None]
     stream = detector.predict_iter(scorable)
     for target in targets:
         yield Prediction(target.path, error=target.error) if target.error else next(stream)
@@ -234,11 +255,13 @@ def scan(config: ScanConfig, detector: Detector | None = None, stream: IO[str] |
         threshold=config.threshold,
         workers=config.workers,
     )
-    summary = ScanSummary(resumed=len(results.previous.rows))
+    summary = ScanSummary()
     for row in results.previous.rows:
         summary.count(row)
+    summary.resumed, summary.resumed_scored = summary.total, summary.scored
     done = results.previous.paths
-    targets = [t for t in discover(config.paths, config.recursive, config.follow_symlinks) if t.path not in done]
+    found = discover(config.paths, config.recursive, config.follow_symlinks, config.hidden)
+    targets = [t for t in found if path_key(t.path) not in done]
     start = time.perf_counter()
     pending: list[dict] = []
     try:
@@ -253,8 +276,13 @@ def scan(config: ScanConfig, detector: Detector | None = None, stream: IO[str] |
                     pending = []
                 bar.update(1)
         results.write(pending)
-    except (KeyboardInterrupt, SystemExit):
-        results.write(pending)  # rows already scored are kept
+        results.finish()
+    except BaseException:  # interrupted, or the model failed on a later batch: rows already scored are kept
+        if pending and not results.failed:
+            try:
+                results.write(pending)
+            except DgsError:
+                pass  # the error being raised says more
         raise
     finally:
         results.close()

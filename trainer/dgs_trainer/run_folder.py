@@ -33,7 +33,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from dgs_sdk.errors import DgsError
-from dgs_sdk.files import AtomicFile
+from dgs_sdk.files import AtomicFile, open_regular, read_regular
 from dgs_sdk.preprocess import PreprocessSpec
 
 from .config import TrainConfig, TrainError
@@ -68,12 +68,15 @@ BACKBONE_FILE = "backbone.safetensors"
 MODEL_FILE = "model.safetensors"
 CALIBRATION_FILE = "calibration.json"
 TENSORBOARD_DIR = "tensorboard"
+# config.json and calibration.json are a few kB; a run's tensors and logs stay well under the second bound.
+MAX_RUN_JSON_BYTES = 16 * 1024**2
+MAX_RUN_FILE_BYTES = 64 * 1024**3
 # The run's own files and folders: nothing else may be written over them or into them.
 RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR, PROBE_FILE, BACKBONE_FILE, MODEL_FILE, CALIBRATION_FILE,
                TENSORBOARD_DIR)
 
 
-class RunFolderError(TrainError):
+class RunFolderError(TrainError, DgsError):
     """A file of a run folder is missing or damaged; the message names it."""
 
 
@@ -88,9 +91,16 @@ def _atomic_write_text(path: Path, text: str) -> None:
         out.file.write(text.encode("utf-8"))
 
 
+def _check_regular(path: Path) -> None:
+    """Refuse, unopened, anything but a regular file of bounded size (a FIFO would hang, /dev/zero never end)."""
+    file, _ = open_regular(path, MAX_RUN_FILE_BYTES, RunFolderError)
+    file.close()
+
+
 def _open_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    if not path.is_file():
+    if not path.is_file() and not path.exists():
         raise RunFolderError(f"{path}: missing")
+    _check_regular(path)
     try:
         with safe_open(str(path), "pt") as f:
             return {key: f.get_tensor(key) for key in f.keys()}, f.metadata() or {}
@@ -119,15 +129,23 @@ def read_tensors(path: Path, expected: Mapping[str, Any] | None = None) -> dict[
     return tensors
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RunFolderError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RunFolderError(f"{path}: cannot be read ({e})") from None
+def _loads(text: str) -> Any:
+    """JSON, with nesting too deep for the parser reported as invalid JSON rather than a RecursionError."""
     try:
         return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text[:80], 0) from None
+
+
+def _read_json(path: Path) -> Any:
+    if not os.path.lexists(path):
+        raise RunFolderError(f"{path}: missing")
+    try:
+        text = read_regular(path, MAX_RUN_JSON_BYTES, RunFolderError).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RunFolderError(f"{path}: cannot be read ({e})") from None
+    try:
+        return _loads(text)
     except json.JSONDecodeError as e:
         raise RunFolderError(f"{path}: not valid JSON ({e})") from None
 
@@ -153,6 +171,8 @@ def _config_from(values: dict[str, Any], source: Path, out: str) -> TrainConfig:
         if not any(_fits(value, kind) for kind in kinds):
             expected = " or ".join("null" if kind is type(None) else kind.__name__ for kind in kinds)
             raise RunFolderError(f"{source}: config key {name!r} must be {expected}, got {value!r}")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+            raise RunFolderError(f"{source}: config key {name!r} is out of range ({str(value)[:24]}...)")
     values = {**values, "out": out}  # the run may have moved since it was written
     required = [name for name, field in fields.items() if field.default is dataclasses.MISSING]
     missing = [name for name in required if name not in values]
@@ -234,14 +254,15 @@ class RunFolder:
         path = self.checkpoint_file
         tensors, metadata = _open_safetensors(path)
         try:
-            position = json.loads(metadata["position"])
-            json.loads(metadata["param_groups"])
+            position = _loads(metadata["position"])
+            _loads(metadata["param_groups"])
             if "schedule" in metadata:
-                json.loads(metadata["schedule"])
+                _loads(metadata["schedule"])
         except (KeyError, json.JSONDecodeError) as e:
             raise RunFolderError(f"{path}: not a checkpoint of dgs train (its metadata lacks or garbles {e})") from None
         keys = ("stage", "epoch", "batch", "step")
-        if not (isinstance(position, dict) and all(_fits(position.get(k), int) and position[k] >= 0 for k in keys)):
+        if not (isinstance(position, dict) and all(_fits(position.get(k), int) and 0 <= position[k] < 2**63
+                                                   for k in keys)):
             raise RunFolderError(f"{path}: position must give {', '.join(keys)} as counts, got {position!r}")
         rng = tensors.get("rng.torch")
         if rng is None or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
@@ -260,7 +281,7 @@ class RunFolder:
         if not isinstance(record, dict) or "threshold" not in record:
             raise RunFolderError(f"{self.calibration_file}: expected a JSON object with a 'threshold'")
         value = record["threshold"]
-        if not (_fits(value, float) and math.isfinite(value) and 0 <= value <= 1):
+        if not (_fits(value, float) and 0 <= value <= 1 and math.isfinite(value)):  # a huge int has no float
             raise RunFolderError(f"{self.calibration_file}: threshold must be a number from 0 to 1, got {value!r} "
                                  "(calibrate again with dgs eval --calibrate, or delete the file)")
         return float(value), "calibrated"
@@ -271,14 +292,13 @@ class RunFolder:
 
 def _records_until(path: Path, step: int) -> list[str]:
     """The complete lines of metrics.jsonl up to ``step``; a line a kill cut short is dropped."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
+    if not path.exists():
         return []
+    text = read_regular(path, MAX_RUN_FILE_BYTES, RunFolderError).decode("utf-8", errors="replace")
     kept = []
     for line in text.splitlines(keepends=True):
         try:
-            record = json.loads(line) if line.endswith("\n") else None
+            record = _loads(line) if line.endswith("\n") else None
         except json.JSONDecodeError:
             record = None
         if isinstance(record, dict) and not (isinstance(record.get("step"), int) and record["step"] > step):

@@ -163,7 +163,13 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Pat
         if not checkpoint_path.exists():
             raise TrainError(f"{run}: no checkpoint to resume from ({checkpoint_path} is missing)")
         resumed, position, saved = run.read_checkpoint()
-        if position["stage"] >= len(config.stages()):
+        stages = config.stages()
+        if position["stage"] > len(stages) or (
+            position["stage"] < len(stages) and position["epoch"] > stages[position["stage"]][1]
+        ):
+            raise RunFolderError(f"{checkpoint_path}: its position (stage {position['stage']}, epoch "
+                                 f"{position['epoch']}) lies past the run's stages {stages}; the checkpoint is damaged")
+        if position["stage"] == len(stages):
             raise TrainError(f"{run}: this run has already finished")
         log.info("resuming %s at stage %d, epoch %d, batch %d", run, position["stage"], position["epoch"],
                  position["batch"])
@@ -174,6 +180,10 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Pat
     torch.manual_seed(config.seed)
     samples = load_samples(config.data, config.split)
     _check_classes(samples, config.data)
+    if position["batch"] > math.ceil(len(samples) / config.batch_size):
+        raise RunFolderError(f"{checkpoint_path}: its position (batch {position['batch']}) lies past the "
+                             f"{math.ceil(len(samples) / config.batch_size)} batches of {config.data}; the checkpoint "
+                             "is damaged or the data changed")
     val_samples = load_samples(config.val, config.val_split) if config.val else None
     try:
         clip = create_clip(config.arch, config.pretrained, device=str(device))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 
 from ..errors import BackendUnavailable, ModelPackageError
+from ..limits import SMOKE_CHECK_SECONDS
 from ..package import ModelPackage
 from .base import Backend
 from .onnxruntime import OnnxRuntimeBackend
@@ -40,19 +44,32 @@ def create_backend(name: str, package: ModelPackage, device: str | None = None) 
     return backend
 
 
-def smoke_check(backend: Backend) -> None:
-    """Run the model once on a plain grey image (zeros after normalisation) before it scores anything.
+def smoke_check(backend: Backend, seconds: float | None = None) -> None:
+    """Run the model once on two grey images (zeros after normalisation) before it scores anything.
 
-    A graph that computes an output other than one logit per image, or a non-finite logit, is refused here,
-    at load, rather than halfway through a scan.
+    A graph that computes an output other than one logit per image (two images tell [B] from [1] or [2B]), a
+    non-finite logit, or that takes longer than ``seconds`` (`SMOKE_CHECK_SECONDS`) is refused here, at load,
+    rather than halfway through a scan.
 
     Raises:
         ModelPackageError: naming the package and what the graph gave.
     """
+    seconds = SMOKE_CHECK_SECONDS if seconds is None else seconds
     size = backend.package.manifest.preprocess.size
-    logits = backend.run(np.zeros((backend.fixed_batch or 1, 3, size, size), np.float32))
+    timer = threading.Timer(seconds, backend.cancel)
+    timer.start()
+    started = time.monotonic()
+    try:
+        logits = backend.run(np.zeros((backend.fixed_batch or 2, 3, size, size), np.float32))
+    except ModelPackageError:
+        if time.monotonic() - started >= seconds:
+            raise ModelPackageError(f"{backend.where}: took more than {seconds:g} s to score two grey images at "
+                                    "load; refused") from None
+        raise
+    finally:
+        timer.cancel()
     if not np.isfinite(logits).all():
         raise ModelPackageError(
-            f"{backend.where}: gives a non-finite logit ({logits[~np.isfinite(logits)][0]}) for a plain grey image; "
+            f"{backend.where}: gives a non-finite logit ({logits[~np.isfinite(logits)][0]}) for a grey image; "
             "the model is broken"
         )

@@ -46,6 +46,9 @@ class Backend(ABC):
     def describe(self) -> str:
         return f"{self.name} on {self.device}"
 
+    def cancel(self) -> None:  # noqa: B027 - optional: a runtime that cannot stop a run leaves it running
+        """Stop the run in progress, from another thread, as soon as the runtime can; a no-op where it cannot."""
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits of "fake" ``[B]`` float32 for a preprocessed batch ``[B, 3, S, S]`` float32.
 

@@ -72,6 +72,8 @@ class OnnxRuntimeBackend(Backend):
         except Exception as e:  # onnxruntime raises its own types for invalid graphs
             raise ModelPackageError(f"{self.where} cannot be loaded by onnxruntime ({str(e).strip()})") from None
         self._input, self._output = package.manifest.input_name, package.manifest.output_name
+        self._ort = ort
+        self._running = None  # the RunOptions of the run in progress, for `cancel`
         used = self._session.get_providers()
         self._device = f"cuda:{index}" if used and used[0] == "CUDAExecutionProvider" else "cpu"
 
@@ -84,8 +86,16 @@ class OnnxRuntimeBackend(Backend):
         return self._session.get_providers()
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
+        options = self._running = self._ort.RunOptions()
         try:
-            (logits,) = self._session.run([self._output], {self._input: batch})
-        except Exception as e:  # a graph that fails on real input (a shape it cannot take, say)
+            (logits,) = self._session.run([self._output], {self._input: batch}, options)
+        except Exception as e:  # a graph that fails on real input (a shape it cannot take, say), or cancelled
             raise ModelPackageError(f"{self.where}: onnxruntime failed to run it ({str(e).strip()})") from None
+        finally:
+            self._running = None
         return logits
+
+    def cancel(self) -> None:
+        options = self._running
+        if options is not None:
+            options.terminate = True
