@@ -223,6 +223,77 @@ def test_tiff_with_huge_strip_tables_is_refused_before_pillow_reads_them():
         decode_bytes(tiff_strips(2_000_000), name="strips.tif")
 
 
+def test_gif_and_webp_structures_are_counted_before_they_are_read():
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("P", (1, 1)).save(buffer, "GIF")
+    gif = buffer.getvalue()
+    blocks = 13 + (3 << ((gif[10] & 7) + 1) if gif[10] & 0x80 else 0)  # after the screen and its colour table
+    comment = b"\x21\xfe" + b"\x01x" * 1_000_001 + b"\x00"  # one comment of a million 1-byte sub-blocks
+    with pytest.raises(ImageTooLarge, match="GIF with more than 1,000,000 data blocks"):
+        decode_bytes(gif[:blocks] + comment + gif[blocks:], name="comment.gif")
+    real = gif[:blocks] + b"\x21\xfe\x05hello\x00" + gif[blocks:]  # a real comment before the first frame
+    np.testing.assert_array_equal(decode_bytes(real), decode_bytes(gif))
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "WEBP")
+    webp = buffer.getvalue()
+    junk = b"JUNK\x00\x00\x00\x00" * 100_001
+    body = webp[12:] + junk
+    with pytest.raises(ImageTooLarge, match="WebP with more than 100,000 chunks"):
+        decode_bytes(b"RIFF" + (len(body) + 4).to_bytes(4, "little") + b"WEBP" + body, name="junk.webp")
+
+
+def sof(marker: int, width: int, height: int, sampling: list[int]) -> bytes:
+    body = bytes([8]) + height.to_bytes(2, "big") + width.to_bytes(2, "big") + bytes([len(sampling)])
+    body += b"".join(bytes([k + 1, factors, 0]) for k, factors in enumerate(sampling))
+    return bytes([0xFF, marker]) + (len(body) + 2).to_bytes(2, "big") + body
+
+
+def jpeg_skeleton(marker: int, width: int, height: int, sampling: list[int], scans: int) -> bytes:
+    """SOI, a frame header, ``scans`` empty scans, EOI: enough for the header walk, which decodes nothing."""
+    scan = b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00" + b"\x12\x34"
+    return b"\xff\xd8" + sof(marker, width, height, sampling) + scan * scans + b"\xff\xd9"
+
+
+@pytest.mark.parametrize(
+    ("marker", "sampling", "scans", "bytes_per_pixel"),
+    [
+        pytest.param(0xC0, [0x22, 0x11, 0x11], 1, 3, id="baseline 4:2:0, one scan: rows at a time"),
+        pytest.param(0xC0, [0x11, 0x11, 0x11], 3, 9, id="baseline, a scan per component: every coefficient"),
+        pytest.param(0xC2, [0x22, 0x11, 0x11], 10, 6, id="progressive 4:2:0"),
+        pytest.param(0xC2, [0x11, 0x11, 0x11], 10, 9, id="progressive 4:4:4"),
+        pytest.param(0xC2, [0x11], 6, 5, id="progressive grey"),
+    ],
+)
+def test_jpeg_decoder_memory_is_estimated_from_the_frame(marker, sampling, scans, bytes_per_pixel):
+    from dgs_sdk.headers import read_header
+
+    header, _ = read_header(jpeg_skeleton(marker, 1000, 800, sampling, scans), "x.jpg")
+    assert header.bytes_per_pixel == bytes_per_pixel
+    # A progressive 4:2:0 photo of 80 megapixels fits; in 4:4:4 its coefficients would not.
+    big, _ = read_header(jpeg_skeleton(0xC2, 10_000, 8_000, [0x22, 0x11, 0x11], 10), "big.jpg")
+    assert big.decoded_bytes == 480_000_000
+    with pytest.raises(ImageTooLarge, match="too large to decode"):
+        read_header(jpeg_skeleton(0xC2, 10_000, 8_000, [0x11, 0x11, 0x11], 10), "big444.jpg")
+
+
+def test_the_size_rule_looks_at_what_is_decoded_multi_page_tiff_and_apng(photos):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pages = [Image.fromarray(rng.integers(0, 255, (1000, 1000, 3), dtype=np.uint8)) for _ in range(12)]
+    buffer = io.BytesIO()
+    pages[0].save(buffer, "TIFF", save_all=True, append_images=pages[1:])
+    assert len(buffer.getvalue()) > 16 * 1000 * 1000 + 16 * 1024**2  # more than the first page could need
+    np.testing.assert_array_equal(decode_bytes(buffer.getvalue()), np.asarray(pages[0]))
+    frames = [Image.fromarray(rng.integers(0, 255, (700, 700, 3), dtype=np.uint8)) for _ in range(20)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "PNG", save_all=True, append_images=frames[1:])
+    assert len(buffer.getvalue()) > 16 * 700 * 700 + 16 * 1024**2
+    np.testing.assert_array_equal(decode_bytes(buffer.getvalue()), np.asarray(frames[0]))
+
+
 def test_formats_outside_the_supported_six_are_refused(tmp_path):
     ok, jp2 = cv2.imencode(".jp2", np.zeros((64, 64, 3), np.uint8))
     assert ok
@@ -260,6 +331,27 @@ def test_concurrent_decodes_share_one_memory_budget(tmp_path, photos, clip_packa
     assert 0 < detector.budget.peak <= budget
     reference = Detector(clip_package, workers=1).predict(paths)
     assert [r.probability for r in results] == pytest.approx([r.probability for r in reference], abs=1e-6)
+
+
+def test_holders_that_all_wait_to_grow_do_not_deadlock():
+    """Two decodes each hold 40 of 100 bytes and both need 90: one goes ahead, finishes, then the other."""
+    budget = MemoryBudget(100)
+    both_hold = threading.Barrier(2)
+    done = []
+
+    def decode(name: str) -> None:
+        with budget.reserve(40) as reservation:
+            both_hold.wait(10)
+            reservation.resize(90)  # while holding 40: never released while it waits
+            done.append(name)
+
+    threads = [threading.Thread(target=decode, args=(name,)) for name in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(done) == ["a", "b"] and budget.used == 0
+    assert budget.peak == 130  # over the budget by one decode's growth, only while the other held its share
 
 
 def test_memory_budget_makes_requests_wait_and_lets_an_oversized_one_through():

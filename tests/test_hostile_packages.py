@@ -406,6 +406,14 @@ def test_a_graph_is_a_bounded_feed_forward_network_of_standard_operators(tmp_pat
                         members={"model.onnx": graph()}), message)
 
 
+def test_a_run_that_ends_after_the_time_limit_is_refused_too(tmp_path, monkeypatch):
+    """Cancellation acts between operators; a run whose last operator overran the limit is refused all the same."""
+    path = graph_package(tmp_path / "quick.dgs", mean_graph(SIZE), size=SIZE)
+    monkeypatch.setattr("dgs_sdk.backends.SMOKE_CHECK_SECONDS", 1e-9)
+    with pytest.raises(ModelPackageError, match="took more than 1e-09 s to score two grey images at load"):
+        Detector(path)
+
+
 def test_the_load_time_run_has_a_time_limit(tmp_path, monkeypatch):
     """A graph that computes for a minute (a chain of 2048 x 2048 products on the input) is cancelled and refused."""
     from onnx import TensorProto, helper
@@ -448,6 +456,12 @@ def test_the_zip_directory_is_bounded_before_it_is_parsed(tmp_path, monkeypatch)
             zf.writestr(f"e{i}", b"")
     parsed = []
     monkeypatch.setattr(dgs_sdk.package.zipfile, "ZipFile", lambda *a, **k: parsed.append(a) or 1 / 0)
+    refused(path, "holds 65,540 members in a directory of")
+    # The classic end record rewritten to claim 2 members: zip readers still take the ZIP64 counts, and so do we.
+    data = bytearray(path.read_bytes())
+    at = data.rfind(b"PK\x05\x06")
+    data[at + 8 : at + 16] = (2).to_bytes(2, "little") * 2 + (100).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
     refused(path, "holds 65,540 members in a directory of")
     assert parsed == []
 

@@ -280,6 +280,7 @@ DAMAGES.update({
     "config nested too deeply": ("config.json", lambda p: p.write_text("[" * 100_000 + "]" * 100_000)),
     "config a FIFO": ("config.json", _fifo),
     "config huge number": ("config.json", lambda p: _edit_config(p, lambda r: r["config"].update(lr=10**400))),
+    "config 5000 digits": ("config.json", lambda p: p.write_text('{"config": {"lr": 1' + "0" * 5000 + "}}")),
     "calibration a FIFO": ("calibration.json", lambda p: p.write_text("{}") or _fifo(p)),
     "model a FIFO": ("model.safetensors", _fifo),
 })

@@ -238,6 +238,14 @@ def test_symlink_loop_terminates_and_scans_each_image(tmp_path, photos, clip_pac
     assert all(r["error"] == "" for r in rows)
 
 
+def test_a_folder_given_twice_in_two_spellings_is_scored_once(tmp_path, glob_folder, clip_package, monkeypatch):
+    monkeypatch.chdir(glob_folder.parent)
+    out = tmp_path / "results.csv"
+    result = scan(clip_package, glob_folder.name, str(glob_folder), f"./{glob_folder.name}", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert len(read_csv(out)) == 4
+
+
 def test_a_file_given_twice_is_scored_once(tmp_path, glob_folder, clip_package):
     out = tmp_path / "results.csv"
     a = glob_folder / "a.jpg"

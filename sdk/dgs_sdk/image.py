@@ -71,14 +71,16 @@ def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> byte
 def _decode(
     data: bytes, name: str, max_pixels: int, reservation: Reservation, transform: Callable[[np.ndarray], T] | None
 ) -> np.ndarray | T:
-    header, data = read_header(data, name, max_pixels)
+    header, encoded = read_header(data, name, max_pixels)
+    copy = len(encoded) if encoded is not data else 0  # a PNG without its text chunks is a second buffer
+    # The file (and its copy), the decoder's buffer, the RGB copy: held until the caller's transform is done.
+    reservation.resize(len(data) + copy + 2 * header.decoded_bytes)
     # JPEG is 8-bit without alpha: libjpeg-turbo writes RGB directly (grey and CMYK converted). Other formats
     # come unchanged (16-bit, alpha, grey) and `to_rgb8` brings them to 8-bit RGB.
     jpeg = header.format == "JPEG"
     flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION if jpeg else cv2.IMREAD_UNCHANGED
-    reservation.resize(len(data) + 2 * header.decoded_bytes)  # the file, the decoder's buffer, the RGB copy
     try:
-        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        decoded = cv2.imdecode(np.frombuffer(encoded, np.uint8), flags)
     except cv2.error as e:
         if "MAX_IMAGE_PIXELS" in str(e) or "validateInputImageSize" in str(e):
             raise ImageTooLarge(f"{name}: image too large (a decompression bomb?)") from None

@@ -16,6 +16,8 @@ __all__ = [
     "MAX_JPEG_SCAN_PIXELS",
     "MAX_PNG_CHUNKS",
     "MAX_TIFF_VALUES",
+    "MAX_GIF_BLOCKS",
+    "MAX_WEBP_CHUNKS",
     "MAX_INPUT_SIZE",
     "MAX_BATCH_BYTES",
     "MAX_READ_AHEAD_BYTES",
@@ -51,6 +53,10 @@ MAX_JPEG_SCANS = 100
 MAX_JPEG_SCAN_PIXELS = 12 * MAX_PIXELS
 # A PNG of the largest allowed file size in the 8 kB IDAT chunks libpng writes has about 65,000 chunks.
 MAX_PNG_CHUNKS = 200_000
+# GIF data comes in sub-blocks of up to 255 bytes: a 4000 x 4000 first frame has some 60,000 of them.
+MAX_GIF_BLOCKS = 1_000_000
+# RIFF chunks of a WebP: one per frame of an animation, and a few more.
+MAX_WEBP_CHUNKS = 100_000
 # Numbers in one field of a TIFF's first directory: strip and tile tables of large images hold a few thousand.
 MAX_TIFF_VALUES = 250_000
 

@@ -15,11 +15,11 @@ __all__ = ["MemoryBudget", "Reservation", "DEFAULT_BUDGET"]
 class MemoryBudget:
     """Bytes that concurrent work may hold together.
 
-    Each piece of work holds one `Reservation`, which it can grow as it learns what it needs (the file's size,
-    then the decoded size from the header). A reservation that grows first gives back what it holds, then waits
-    for the whole amount, so no thread ever waits while holding part of the budget: there is no deadlock. A
-    request larger than the whole budget waits until the budget is entirely free, so it always proceeds.
-    ``peak`` records the most ever reserved at once.
+    Each piece of work holds one `Reservation` and grows it as it learns what it needs (the file's size, then
+    what its header says decoding takes), keeping what it holds while it waits for more. Should every holder be
+    waiting to grow, none could ever release: then one of them goes ahead past the budget (by one image's share
+    at most, and only until a holder finishes), so there is never a deadlock. A request larger than the whole
+    budget is cut to the budget. ``peak`` records the most ever reserved at once.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -28,7 +28,9 @@ class MemoryBudget:
         self.capacity = capacity
         self.used = 0
         self.peak = 0
-        self._free = threading.Condition()
+        self._holders = 0  # reservations holding bytes
+        self._stuck = 0  # of those, the ones waiting to grow
+        self._changed = threading.Condition()
 
     @contextmanager
     def reserve(self, nbytes: int = 0) -> Iterator[Reservation]:
@@ -49,17 +51,25 @@ class Reservation:
         self.held = 0
 
     def resize(self, nbytes: int) -> None:
-        """Hold ``nbytes`` from now on: shrinking is immediate, growing waits for the budget."""
+        """Hold ``nbytes`` from now on: shrinking is immediate, growing waits for the budget (holding on)."""
         budget = self.budget
         nbytes = max(0, min(int(nbytes), budget.capacity))
-        with budget._free:
-            budget.used -= self.held
-            self.held = 0
-            budget._free.notify_all()
-            budget._free.wait_for(lambda: budget.used + nbytes <= budget.capacity)
-            budget.used += nbytes
+        with budget._changed:
+            if nbytes > self.held:
+                holding = self.held > 0
+                budget._stuck += holding
+                try:
+                    budget._changed.wait_for(
+                        lambda: budget.used - self.held + nbytes <= budget.capacity
+                        or (holding and budget._stuck == budget._holders)
+                    )
+                finally:
+                    budget._stuck -= holding
+            budget._holders += (nbytes > 0) - (self.held > 0)
+            budget.used += nbytes - self.held
             self.held = nbytes
             budget.peak = max(budget.peak, budget.used)
+            budget._changed.notify_all()
 
 
 DEFAULT_BUDGET = MemoryBudget(DECODE_MEMORY)

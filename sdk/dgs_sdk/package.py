@@ -310,7 +310,11 @@ class ModelPackage:
 
 
 def _zip_directory_size(file: BinaryIO, size: int, name: str) -> tuple[int, int]:
-    """Entries and bytes of a zip's central directory, from its end records, before anything parses it."""
+    """Entries and bytes of a zip's central directory, from its end records, before anything parses it.
+
+    Every count a zip reader might take is considered and the largest wins: the classic end record's, the ZIP64
+    end record just before the ZIP64 locator (where Python's zipfile looks) and the one the locator points at.
+    """
     tail = min(size, _EOCD.size + 65535)  # the end record, then a comment of up to 64 kB
     file.seek(size - tail)
     data = file.read(tail)
@@ -318,18 +322,24 @@ def _zip_directory_size(file: BinaryIO, size: int, name: str) -> tuple[int, int]
     if at < 0 or at + _EOCD.size > len(data):
         raise ModelPackageError(f"{name}: not a dgs model package (not a zip file)")
     *_, entries, directory, _, _ = _EOCD.unpack_from(data, at)
-    if entries == 0xFFFF or directory == 0xFFFFFFFF:  # ZIP64: the locator just before points at the real counts
-        locator = at - _ZIP64_LOCATOR.size
-        if locator < 0 or data[locator : locator + 4] != _ZIP64_LOCATOR_SIGNATURE:
-            raise ModelPackageError(f"{name}: damaged zip (ZIP64 end record missing)")
-        _, _, record, _ = _ZIP64_LOCATOR.unpack_from(data, locator)
-        file.seek(record)
-        raw = file.read(_ZIP64_END.size)
-        if len(raw) < _ZIP64_END.size or raw[:4] != _ZIP64_END_SIGNATURE:
-            raise ModelPackageError(f"{name}: damaged zip (ZIP64 end record missing)")
-        *_, entries, directory, _ = _ZIP64_END.unpack(raw)
+    counts = [] if entries == 0xFFFF or directory == 0xFFFFFFFF else [(entries, directory)]
+    locator = size - tail + at - _ZIP64_LOCATOR.size  # where a ZIP64 locator would start
+    if locator >= 0:
+        file.seek(locator)
+        raw = file.read(_ZIP64_LOCATOR.size)
+        if raw[:4] == _ZIP64_LOCATOR_SIGNATURE:
+            _, _, pointed, _ = _ZIP64_LOCATOR.unpack(raw)
+            for record in {locator - _ZIP64_END.size, pointed}:
+                if 0 <= record <= size - _ZIP64_END.size:
+                    file.seek(record)
+                    raw = file.read(_ZIP64_END.size)
+                    if raw[:4] == _ZIP64_END_SIGNATURE:
+                        *_, entries, directory, _ = _ZIP64_END.unpack(raw)
+                        counts.append((entries, directory))
+    if not counts:
+        raise ModelPackageError(f"{name}: damaged zip (its ZIP64 end record is missing)")
     file.seek(0)
-    return entries, directory
+    return max(c[0] for c in counts), max(c[1] for c in counts)
 
 
 def _open_zip(path: Path, name: str, read):

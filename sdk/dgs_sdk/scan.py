@@ -127,7 +127,7 @@ def discover(paths: Iterable[str], recursive: bool = True, follow_symlinks: bool
     seen: set[str] = set()
 
     def add(target: Target) -> None:
-        key = os.path.normpath(target.path)
+        key = path_key(target.path)  # one row per file, however the arguments spell it
         if key not in seen:
             seen.add(key)
             targets.append(target)

@@ -130,11 +130,15 @@ def read_tensors(path: Path, expected: Mapping[str, Any] | None = None) -> dict[
 
 
 def _loads(text: str) -> Any:
-    """JSON, with nesting too deep for the parser reported as invalid JSON rather than a RecursionError."""
+    """JSON; nesting too deep for the parser, or an integer of thousands of digits, is reported as invalid JSON."""
     try:
         return json.loads(text)
     except RecursionError:
         raise json.JSONDecodeError("nested too deeply", text[:80], 0) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as e:  # Python's limit on the digits of an integer
+        raise json.JSONDecodeError(str(e), text[:80], 0) from None
 
 
 def _read_json(path: Path) -> Any:

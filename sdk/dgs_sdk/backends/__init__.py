@@ -56,6 +56,8 @@ def smoke_check(backend: Backend, seconds: float | None = None) -> None:
     """
     seconds = SMOKE_CHECK_SECONDS if seconds is None else seconds
     size = backend.package.manifest.preprocess.size
+    too_slow = ModelPackageError(f"{backend.where}: took more than {seconds:g} s to score two grey images at load; "
+                                 "refused")
     timer = threading.Timer(seconds, backend.cancel)
     timer.start()
     started = time.monotonic()
@@ -63,11 +65,12 @@ def smoke_check(backend: Backend, seconds: float | None = None) -> None:
         logits = backend.run(np.zeros((backend.fixed_batch or 2, 3, size, size), np.float32))
     except ModelPackageError:
         if time.monotonic() - started >= seconds:
-            raise ModelPackageError(f"{backend.where}: took more than {seconds:g} s to score two grey images at "
-                                    "load; refused") from None
+            raise too_slow from None
         raise
     finally:
         timer.cancel()
+    if time.monotonic() - started >= seconds:  # the slow operator was the last: nothing was left to cancel
+        raise too_slow
     if not np.isfinite(logits).all():
         raise ModelPackageError(
             f"{backend.where}: gives a non-finite logit ({logits[~np.isfinite(logits)][0]}) for a grey image; "
