@@ -208,6 +208,9 @@ def edit(field_path: str, value):
         pytest.param(edit("threshold", math.nan), r"field 'threshold' \(nan\) is not a probability",
                      id="threshold NaN"),
         pytest.param(edit("threshold", 1.5), r"field 'threshold' \(1.5\) is not a probability", id="threshold 1.5"),
+        pytest.param(edit("threshold", 10**400), r"field 'threshold' \(1000", id="threshold 10^400"),
+        pytest.param(edit("preprocess.mean", [10**400, 0.5, 0.5]), "mean must be 3 finite numbers",
+                     id="mean 10^400"),
         pytest.param(edit("format_version", True), "format_version missing or not an integer", id="version true"),
         pytest.param(edit("preprocess.std", [0.2, math.nan, 0.2]), "std must be 3 finite numbers", id="std NaN"),
         pytest.param(edit("preprocess.std", [0.2, math.inf, 0.2]), "std must be 3 finite numbers", id="std inf"),
@@ -429,22 +432,6 @@ def test_the_load_time_run_has_a_time_limit(tmp_path, monkeypatch):
     monkeypatch.setattr("dgs_sdk.backends.SMOKE_CHECK_SECONDS", 0.5)
     with pytest.raises(ModelPackageError, match="took more than 0.5 s to score two grey images at load"):
         Detector(path)
-
-
-def test_huge_numbers_in_a_manifest_are_refused_without_a_traceback(tmp_path, photo_folder):
-    huge = "1" + "0" * 400
-    manifest = Manifest(preprocess=PreprocessSpec(transform="clip", size=SIZE)).to_dict()
-    graph = mean_graph(SIZE)
-    manifest["files"] = {"model.onnx": {"sha256": hashlib.sha256(graph).hexdigest(), "size": len(graph)}}
-    for field, message in (('"threshold": 0.5', "'threshold'"), ('"mean": [', "mean must be 3 finite numbers")):
-        text = json.dumps(manifest).replace(field, field.replace("0.5", huge) if "threshold" in field
-                                            else f'"mean": [{huge}, ', 1)
-        if "mean" in field:
-            text = text.replace(f'"mean": [{huge}, 0.48145466, ', f'"mean": [{huge}, ', 1)
-        path = raw_package(tmp_path / "huge.dgs", text.encode())
-        refused(path, message)
-        result = scan_cli(photo_folder, "--model", path)
-        assert result.exit_code == 2
 
 
 def test_the_zip_directory_is_bounded_before_it_is_parsed(tmp_path, monkeypatch):

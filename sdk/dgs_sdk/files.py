@@ -16,6 +16,7 @@ import errno
 import os
 import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -88,14 +89,21 @@ def open_regular(path: str | os.PathLike, max_bytes: int, error: type[DgsError])
     return os.fdopen(fd, "rb"), opened.st_size
 
 
-def read_regular(path: str | os.PathLike, max_bytes: int, error: type[DgsError]) -> bytes:
-    """The bytes of a regular file, at most as many as its size when opened (see `open_regular`)."""
+def read_regular(
+    path: str | os.PathLike, max_bytes: int, error: type[DgsError], reserve: Callable[[int], None] | None = None
+) -> bytes:
+    """The bytes of a regular file, at most as many as its size when opened (see `open_regular`).
+
+    ``reserve``, when given, is called with that size before anything is read (to account for the memory).
+    """
     f, size = open_regular(path, max_bytes, error)
-    try:
-        with f:
+    with f:
+        if reserve is not None:
+            reserve(size)
+        try:
             return f.read(size) if size else b""
-    except OSError as e:  # includes EAGAIN from a pseudo-file opened non-blocking
-        raise error(f"{os.fspath(path)}: cannot be read ({e.strerror or e})") from None
+        except OSError as e:  # includes EAGAIN from a pseudo-file opened non-blocking
+            raise error(f"{os.fspath(path)}: cannot be read ({e.strerror or e})") from None
 
 
 def _process_is_alive(pid: int) -> bool:

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from .errors import ImageTooLarge, UnreadableImage
-from .files import open_regular, read_regular
+from .files import read_regular
 from .headers import FORMATS, read_header
 from .limits import MAX_DECODED_BYTES, MAX_FILE_BYTES, MAX_PIXELS
 from .memory import DEFAULT_BUDGET, MemoryBudget, Reservation
@@ -71,6 +71,8 @@ def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> byte
 def _decode(
     data: bytes, name: str, max_pixels: int, reservation: Reservation, transform: Callable[[np.ndarray], T] | None
 ) -> np.ndarray | T:
+    if not data:
+        raise UnreadableImage(f"{name}: empty file (0 bytes)")
     header, encoded = read_header(data, name, max_pixels)
     copy = len(encoded) if encoded is not data else 0  # a PNG without its text chunks is a second buffer
     # The file (and its copy), the decoder's buffer, the RGB copy: held until the caller's transform is done.
@@ -97,8 +99,9 @@ def decode_bytes(
     name: str = "<bytes>",
     max_pixels: int = MAX_PIXELS,
     budget: MemoryBudget | None = None,
-) -> np.ndarray:
-    """Decode an encoded image into an 8-bit RGB array `[H, W, 3]`.
+    transform: Callable[[np.ndarray], T] | None = None,
+) -> np.ndarray | T:
+    """Decode an encoded image into an 8-bit RGB array `[H, W, 3]` (or ``transform`` of it, see `load_image`).
 
     Formats: JPEG, PNG, GIF (its first frame), WebP, BMP, TIFF (see `dgs_sdk.headers` for what each may cost).
     EXIF orientation is ignored, as in PIL-based training pipelines: rotating pixels would not change a
@@ -110,10 +113,8 @@ def decode_bytes(
         ImageTooLarge: its header promises more pixels, decoded bytes or work than `dgs_sdk.limits` allows.
     """
     data = bytes(data)
-    if not data:
-        raise UnreadableImage(f"{name}: empty file (0 bytes)")
     with (budget or DEFAULT_BUDGET).reserve(len(data)) as reservation:
-        return _decode(data, name, max_pixels, reservation, None)
+        return _decode(data, name, max_pixels, reservation, transform)
 
 
 def check_value_range(value_range: ValueRange | None) -> ValueRange | None:
@@ -219,21 +220,10 @@ def load_image(
         image = to_rgb8(source, name=name, max_pixels=max_pixels, value_range=value_range)
         return image if transform is None else transform(image)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        if not data:
-            raise UnreadableImage(f"{name}: empty file (0 bytes)")
-        with (budget or DEFAULT_BUDGET).reserve(len(data)) as reservation:
-            return _decode(data, name, max_pixels, reservation, transform)
+        return decode_bytes(source, name=name, max_pixels=max_pixels, budget=budget, transform=transform)
     if isinstance(source, (str, os.PathLike)):
         with (budget or DEFAULT_BUDGET).reserve() as reservation:
-            file, size = open_regular(source, MAX_FILE_BYTES, UnreadableImage)
-            with file:
-                reservation.resize(size)  # the file's bytes count before they are read
-                try:
-                    data = file.read(size) if size else b""
-                except OSError as e:  # EAGAIN from a pseudo-file opened non-blocking, an I/O error
-                    raise UnreadableImage(f"{name}: cannot be read ({e.strerror or e})") from None
-            if not data:
-                raise UnreadableImage(f"{name}: empty file (0 bytes)")
+            # The file's bytes count against the budget before they are read.
+            data = read_regular(source, MAX_FILE_BYTES, UnreadableImage, reserve=reservation.resize)
             return _decode(data, name, max_pixels, reservation, transform)
     raise UnreadableImage(f"{name}: expected a path, encoded bytes or a numpy array, got {type(source).__name__}")

@@ -26,11 +26,9 @@ CONTROL_FLOW = frozenset({"Loop", "Scan", "If", "SequenceMap"})
 
 @dataclass(frozen=True)
 class GraphInterface:
-    """The checked interface of a graph: ``batch`` is the fixed batch size, or None for a dynamic one."""
+    """What the checks learn of a graph beyond its manifest: ``batch``, its fixed batch size, or None when the
+    batch axis is dynamic."""
 
-    input_name: str
-    output_name: str
-    size: int
     batch: int | None
 
 
@@ -132,4 +130,4 @@ def check_onnx_graph(model_bytes: bytes, input_name: str, output_name: str, size
             f"{where}: output {output_name!r} has shape {shape}, but a dgs model gives one float32 logit per "
             f"image: [B] for an input of [B, 3, {size}, {size}]"
         )
-    return GraphInterface(input_name, output_name, size, batch)
+    return GraphInterface(batch)

@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from .detector import FAKE, REAL
 from .errors import DgsError
 from .files import AtomicFile
-
-FAKE, REAL = "fake", "real"
 
 __all__ = [
     "COLUMNS",
@@ -122,12 +121,9 @@ def _lines(text: str, universal: bool) -> Iterable[tuple[str, int]]:
     """Lines with their end offsets in characters, line ends kept: split at LF only, or also at CR and CRLF
     (``universal``, as the csv module wants its input)."""
     position = 0
-    for line in io.StringIO(text, newline="") if universal else text.split("\n"):
-        if not universal and position + len(line) < len(text):
-            line += "\n"
+    for line in io.StringIO(text, newline="" if universal else "\n"):
         position += len(line)
-        if line:
-            yield line, position
+        yield line, position
 
 
 def read_rows(path: Path, fmt: str) -> PreviousRows:
