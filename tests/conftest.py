@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -112,32 +113,43 @@ def bomb_png(width: int, height: int, rows: int = 4) -> bytes:
 
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory):
-    """Two generators in ForenSynths layout: real photo crops, and fakes that are crops blown up from 1/4 size."""
-    from dgs_trainer.samples import sample_photos
+    """Two generators in ForenSynths layout: real photo crops, and fakes that are crops blown up from 1/4 size;
+    captions.json says which photograph each image shows."""
+    from dgs_trainer.samples import SAMPLE_CAPTIONS, sample_photos
 
     root = tmp_path_factory.mktemp("data") / "train set"
     rng = np.random.default_rng(0)
-    photos = list(sample_photos().values())
+    names = list(SAMPLE_CAPTIONS)
+    photos = sample_photos()
+    captions = {}
     for generator in ("blocky", "smooth"):
         for i in range(6):
-            photo = photos[i % len(photos)]
+            photo = photos[names[i % len(names)]]
+            for label in ("0_real", "1_fake"):
+                captions[f"{generator}/{label}/{i}.png"] = SAMPLE_CAPTIONS[names[i % len(names)]]
             top, left = rng.integers(0, photo.shape[0] - 160), rng.integers(0, photo.shape[1] - 160)
             crop = np.ascontiguousarray(photo[top : top + 160, left : left + 160])
             write_image(root / generator / "0_real" / f"{i}.png", crop)
             small = cv2.resize(crop, (40, 40), interpolation=cv2.INTER_AREA)
             mode = cv2.INTER_NEAREST if generator == "blocky" else cv2.INTER_LINEAR
             write_image(root / generator / "1_fake" / f"{i}.png", cv2.resize(small, (160, 160), interpolation=mode))
+    (root / "captions.json").write_text(json.dumps(captions))
     return root
 
 
-def tiny_config(data: Path, out: Path, **overrides):
-    """A CPU training config on `dgs-tiny-vit` with random weights."""
-    from dgs_trainer.train import TrainConfig
+def tiny_config(data: Path, out: Path, **flags):
+    """A CPU training config on `dgs-tiny-vit` with random weights; ``flags`` as `dgs train`'s (``lora_rank=4``).
 
-    fields = dict(data=str(data), out=str(out), arch="dgs-tiny-vit", pretrained="none", batch_size=4,
-                  workers=0, device="cpu", probe_epochs=1, epochs=1, lr=1e-3)
-    fields.update(overrides)
-    return TrainConfig(**fields)
+    DGS-Net runs take the captions of the `dataset` fixture's folder.
+    """
+    from dgs_trainer.config import config_from_flags
+
+    given = dict(data=str(data), out=str(out), arch="dgs-tiny-vit", pretrained="none", batch_size=4, workers=0,
+                 device="cpu", epochs=1, lr=1e-3)
+    if flags.get("method", "dgs") == "dgs":
+        given.update(probe_epochs=1, captions=str(Path(data) / "captions.json"))
+    given.update(flags)
+    return config_from_flags(given)
 
 
 def mean_graph(size: int = 32, batch: int | str = "batch", output: str = "mean", declared: list | None = None,

@@ -1,4 +1,5 @@
-"""Caption lookup for DGS-Net's text branch: absolute, root-relative and cwd-relative keys, and the template."""
+"""Caption lookup for DGS-Net's text branch: absolute, root-relative and cwd-relative keys; images without a
+caption get the empty one, never the label."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import pytest
 
 pytest.importorskip("torch")
 
-from dgs_trainer.captions import CaptionError, load_captions  # noqa: E402
+from dgs_trainer.captions import MISSING_CAPTION, CaptionError, load_captions  # noqa: E402
 from dgs_trainer.data import FAKE, REAL, Sample  # noqa: E402
 
 
-def test_keys_match_absolute_root_relative_and_cwd_relative(tmp_path, monkeypatch):
+def test_keys_match_absolute_root_relative_and_cwd_relative(tmp_path, monkeypatch, caplog):
     root = tmp_path / "data"
     samples = [
         Sample(str(root / "gen" / "0_real" / "a.png"), REAL, "gen"),
@@ -30,24 +31,35 @@ def test_keys_match_absolute_root_relative_and_cwd_relative(tmp_path, monkeypatc
     }
     captions_file = tmp_path / "captions.json"
     captions_file.write_text(json.dumps(table))
-    captions = load_captions(samples, root, captions_file, template="a {label} image")
-    assert captions == ["absolute key", "relative to the data root", "relative to the working folder",
-                        "a real image"]
-
-
-def test_template_only_warns_and_bad_files_fail(tmp_path, caplog):
-    samples = [Sample(str(tmp_path / "x.png"), FAKE, "g")]
     with caplog.at_level(logging.WARNING):
-        assert load_captions(samples, tmp_path) == ["a fake photo"]
-    assert "no caption file given" in caplog.text
+        captions = load_captions(samples, root, captions_file)
+    assert captions == ["absolute key", "relative to the data root", "relative to the working folder",
+                        MISSING_CAPTION]
+    assert MISSING_CAPTION == "" and "1 of 4 images have no caption (e.g. " in caplog.text
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[1, 2]", "expected a JSON object"),
+    ('{"a.png": 3}', "the caption of 'a.png' is not a string"),
+    ("{", "cannot read captions"),
+    ("[" * 100_000, "cannot read captions"),
+    (b"\xff\xfe", "cannot read captions"),
+])
+def test_bad_caption_files_fail_with_their_name(tmp_path, text, message):
+    samples = [Sample(str(tmp_path / "x.png"), FAKE, "g")]
+    broken = tmp_path / "broken.json"
+    broken.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(CaptionError, match=message) as raised:
+        load_captions(samples, tmp_path, broken)
+    assert str(broken) in str(raised.value)
+
+
+def test_a_file_captioning_none_of_the_images_fails(tmp_path):
+    samples = [Sample(str(tmp_path / "x.png"), FAKE, "g")]
     unrelated = tmp_path / "other.json"
     unrelated.write_text(json.dumps({"elsewhere/y.png": "caption"}))
-    with pytest.raises(CaptionError, match="none of the 1 images"):
+    with pytest.raises(CaptionError, match="none of the 1 images .* write one with dgs caption"):
         load_captions(samples, tmp_path, unrelated)
-    broken = tmp_path / "broken.json"
-    broken.write_text("[1, 2]")
-    with pytest.raises(CaptionError, match="expected a JSON object"):
-        load_captions(samples, tmp_path, broken)
 
 
 def test_root_reached_through_a_symlink(tmp_path):

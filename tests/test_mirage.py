@@ -23,6 +23,7 @@ from dgs_trainer.methods.mirage import (  # noqa: E402
     MemoryBank,
     MiraGe,
     MiraGeConfig,
+    PromptConfig,
     discriminative_loss,
     prompted_image_features,
 )
@@ -35,7 +36,7 @@ F = torch.nn.functional
 def tiny_mirage(**config) -> MiraGe:
     torch.manual_seed(0)
     return MiraGe(create_clip("dgs-tiny-vit"), open_clip.get_tokenizer("dgs-tiny-vit"),
-                  MiraGeConfig(**{"depth": 2, **config}))
+                  MiraGeConfig(**{"prompt": PromptConfig(depth=2), **config}))
 
 
 def test_discriminative_loss_matches_a_loop_over_anchors_and_positives():

@@ -15,7 +15,8 @@ from safetensors.torch import load_file  # noqa: E402
 from conftest import tiny_config, write_image  # noqa: E402
 from dgs_sdk.cli import main  # noqa: E402
 from dgs_trainer.eval_run import EvalConfig, evaluate_run  # noqa: E402
-from dgs_trainer.train import TrainError, fit, load_run  # noqa: E402
+from dgs_trainer.run_folder import RunFolder  # noqa: E402
+from dgs_trainer.train import TrainError, fit  # noqa: E402
 
 
 @pytest.mark.parametrize("method", ["probe", "lora", "dgs"])
@@ -31,7 +32,7 @@ def test_each_method_trains_into_a_run_folder(tmp_path, dataset, method):
         assert {"img", "text", "help"} <= set(steps[-1]) and (run / "probe.safetensors").exists()
     state = load_file(str(run / "model.safetensors"))
     assert state and all(("lora_" in k) or k.split(".")[0] in {"head", "img_fc", "text_fc", "probe_fc"} for k in state)
-    config, spec, model, _ = load_run(run)
+    model = RunFolder(run).load().model
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 224, 224)).shape == (2,)
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from dgs_sdk.errors import DgsError
 from dgs_sdk.package import ModelPackage
 
-from .onnx_export import DEFAULT_OPSET, ParityError
+from .onnx_export import DEFAULT_OPSET
 from .run_export import ExportConfig, export_run
 
 __all__ = ["export_command"]
@@ -31,17 +28,7 @@ def export_command(run, out, opset, batch, calib, max_images) -> None:
     The graph is the image encoder with LoRA merged in and the image head; its output is the logit of "fake".
     ONNX Runtime must reproduce torch's probabilities on real images to 1e-4, else nothing is written.
     """
-    from dgs_trainer.train import TrainError
-
-    config = ExportConfig(run=run, out=out, opset=opset, batch=batch, calib=calib, max_images=max_images)
-    try:
-        path = export_run(config)
-    except ParityError as e:
-        click.echo(f"Error: {e}", err=True)
-        sys.exit(1)
-    except (TrainError, DgsError, ValueError, OSError) as e:
-        click.echo(f"Error: {e}", err=True)
-        sys.exit(2)
+    path = export_run(ExportConfig(run=run, out=out, opset=opset, batch=batch, calib=calib, max_images=max_images))
     parity = ModelPackage.load(path).manifest.provenance["parity"]
     click.echo(f"parity with torch: max |probability difference| {parity['max_abs_probability_diff']:.2e} on "
                f"{parity['images']} images (tolerance {parity['tolerance']:.0e})", err=True)

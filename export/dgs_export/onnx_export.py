@@ -17,16 +17,21 @@ from torch import nn
 
 from dgs_sdk.backends import create_backend
 from dgs_sdk.detector import sigmoid
+from dgs_sdk.errors import DgsError
 from dgs_sdk.package import Manifest, ModelPackage, write_package
 from dgs_sdk.preprocess import PreprocessSpec, preprocess_batch
 
-__all__ = ["DEFAULT_OPSET", "ParityError", "export_onnx", "export_package", "torch_probabilities"]
+__all__ = ["DEFAULT_OPSET", "ExportError", "ParityError", "export_onnx", "export_package", "torch_probabilities"]
 
 DEFAULT_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = Manifest.input_name, Manifest.output_name  # the manifest's defaults
 
 
-class ParityError(RuntimeError):
+class ExportError(DgsError, ValueError):
+    """A model cannot be exported as asked; the message says why."""
+
+
+class ParityError(ExportError):
     """The exported graph does not reproduce the torch model's probabilities within tolerance."""
 
 
@@ -79,7 +84,7 @@ def _exporter_errors(opset: int):
         yield
     except RuntimeError as e:  # torch.onnx's OnnxExporterError and UnsupportedOperatorError are RuntimeErrors
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"ONNX export at opset {opset} failed: {first}") from None
+        raise ExportError(f"ONNX export at opset {opset} failed: {first}") from None
 
 
 def torch_probabilities(model: nn.Module, batch: np.ndarray) -> np.ndarray:
@@ -112,7 +117,7 @@ def export_package(
     batch (for runtimes that want static shapes); None keeps it dynamic.
     """
     if not parity_images:
-        raise ValueError("parity_images is empty: at least one real image is needed to verify the export")
+        raise ExportError("parity_images is empty: at least one real image is needed to verify the export")
     onnx_bytes = export_onnx(model, preprocess.size, opset=opset, dynamic_batch=batch_size is None,
                              batch_size=batch_size or 1)
     manifest = Manifest(

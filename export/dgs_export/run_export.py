@@ -13,9 +13,8 @@ from dgs_sdk.scan import discover
 from dgs_trainer.data import load_samples
 from dgs_trainer.eval_run import run_threshold
 from dgs_trainer.run_folder import RunFolder
-from dgs_trainer.train import load_run
 
-from .onnx_export import DEFAULT_OPSET, export_package
+from .onnx_export import DEFAULT_OPSET, ExportError, export_package
 
 __all__ = ["PACKAGE_SUFFIX", "ExportConfig", "check_package_path", "parity_images", "export_run"]
 
@@ -52,13 +51,13 @@ def check_package_path(out: str | Path, run: str | Path) -> None:
     or folders (writing there would destroy the run). Another name in the run folder (``RUN/model.dgs``) is fine.
 
     Raises:
-        ValueError: the message names ``out`` and what is wrong with it.
+        ExportError: the message names ``out`` and what is wrong with it.
     """
     if Path(out).suffix.lower() != PACKAGE_SUFFIX:
-        raise ValueError(f"--out {out}: a model package's name must end in {PACKAGE_SUFFIX}")
+        raise ExportError(f"--out {out}: a model package's name must end in {PACKAGE_SUFFIX}")
     entry = RunFolder(run).entry_holding(out)
     if entry is not None:
-        raise ValueError(f"--out {out}: {entry} belongs to the run, a package cannot be written over it or into it "
+        raise ExportError(f"--out {out}: {entry} belongs to the run, a package cannot be written over it or into it "
                          f"(write it elsewhere, e.g. {Path(run) / 'model.dgs'})")
 
 
@@ -80,33 +79,31 @@ def export_run(config: ExportConfig) -> Path:
     """
     check_package_path(config.out, config.run)
     if config.batch != "dynamic" and not (config.batch.isdigit() and int(config.batch) > 0):
-        raise ValueError(f"--batch must be 'dynamic' or a positive integer, got {config.batch!r}")
-    train_config, spec, method, record = load_run(config.run)
+        raise ExportError(f"--batch must be 'dynamic' or a positive integer, got {config.batch!r}")
+    run = RunFolder(config.run).load()
+    train_config, spec, record = run.config, run.spec, run.record
     threshold, threshold_source = run_threshold(config.run)  # checked before anything is written
     paths, source = _image_paths(config, train_config)
     images = parity_images(paths, config.max_images)
     if not images:
-        raise ValueError(f"{source}: no readable images to verify the export with (give some with --calib DIR)")
+        raise ExportError(f"{source}: no readable images to verify the export with (give some with --calib DIR)")
     provenance = dict(record.get("provenance", {}))
     provenance.update({
         "method": train_config.method,
         "run": Path(config.run).resolve().name,
-        "stages": [f"{stage} x{epochs} epochs" for stage, epochs in train_config.stages()],
+        "stages": [f"{stage.name} x{stage.epochs} epochs" for stage in train_config.stages()],
         "parity_images": f"{len(images)} from {Path(source).name}",
     })
     architecture = {
         "arch": train_config.arch,
         "pretrained": train_config.pretrained,
+        "quick_gelu": train_config.quick_gelu,
         "method": train_config.method,
-        "head": "linear",
-        "lora_merged": train_config.method in ("lora", "dgs"),
         "input_size": spec.size,
+        **train_config.method_runner().describe(),
     }
-    if train_config.method == "mirage":  # the text branch is folded into a constant 2 x D anchor matrix
-        architecture.update(head="text anchors (real, fake)", prompt_tokens=train_config.prompt_tokens,
-                            prompt_depth=train_config.prompt_depth)
     return export_package(
-        method.inference_model(),
+        run.model.inference_model(),
         config.out,
         spec,
         images,

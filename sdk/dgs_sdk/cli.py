@@ -50,11 +50,16 @@ class _LazyGroup(click.Group):
             return unavailable
 
     def invoke(self, ctx: click.Context):
+        # The one place where errors meet the user: every error raised on purpose is a DgsError whose message
+        # names the file or value at fault; a file system error names its file too. No traceback, exit code 2.
         try:
             return super().invoke(ctx)
         except Terminated:
             click.echo("terminated", err=True)
             sys.exit(143)
+        except (DgsError, OSError) as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
 
 
 class SetupError(click.ClickException):

@@ -8,16 +8,19 @@ run's ``arch`` and ``pretrained``. safetensors holds flat tensors, so the optimi
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .run_folder import RunFolderError, atomic_save, check_tensors, read_tensors
+from .errors import RunFolderError
+from .tensor_files import atomic_save, check_tensors, read_tensors
 
 __all__ = [
     "TRAINED_MODULES",
     "CheckpointError",
+    "Position",
     "trained_state",
     "load_trained_state",
     "atomic_save",
@@ -34,6 +37,29 @@ TRAINED_MODULES = ("head", "img_fc", "text_fc", "probe_fc", "prompts", "memory")
 
 class CheckpointError(RunFolderError):
     """A checkpoint does not fit the model it is loaded into."""
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where training stands: the next batch to train is ``batch`` of ``epoch`` of stage ``stage`` (indices from
+    0), after ``step`` optimizer steps in all. ``epoch`` equal to the stage's epochs, or ``stage`` equal to the
+    number of stages, means that stage, or the run, is done."""
+
+    stage: int = 0
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def next_epoch(self, stage: int, epoch: int) -> Position:
+        """The start of the epoch after ``epoch`` of ``stage``."""
+        return Position(stage, epoch + 1, 0, self.step)
+
+    def next_stage(self, stage: int) -> Position:
+        """The start of the stage after ``stage``."""
+        return Position(stage + 1, 0, 0, self.step)
 
 
 def trained_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -106,7 +132,7 @@ def load_head(path: Path, dim: int) -> nn.Linear:
     return head
 
 
-def save_checkpoint(method: nn.Module, optimizer, path: Path, position: dict[str, int], schedule=None) -> None:
+def save_checkpoint(method: nn.Module, optimizer, path: Path, position: Position, schedule=None) -> None:
     """Trained tensors, optimizer state, learning-rate schedule, random states and position, in one file."""
     tensors = trained_state(method)
     optimizer_tensors, groups = _optimizer_tensors(optimizer)
@@ -114,7 +140,7 @@ def save_checkpoint(method: nn.Module, optimizer, path: Path, position: dict[str
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():  # dropout on the GPU draws from the device's generator
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    metadata = {"position": json.dumps(position), "param_groups": groups}
+    metadata = {"position": json.dumps(position.to_dict()), "param_groups": groups}
     if schedule is not None:
         metadata["schedule"] = json.dumps(schedule.state_dict())
     atomic_save(tensors, path, metadata)

@@ -1,8 +1,10 @@
-"""`dgs train` and `dgs eval`: thin layers over `dgs_trainer.train` and `dgs_trainer.evaluate`."""
+"""`dgs train` and `dgs eval`: thin layers over `dgs_trainer.train` and `dgs_trainer.eval_run`.
+
+Errors are `DgsError`s, reported by the `dgs` group in one place (``Error: ...``, exit code 2).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import sys
@@ -11,105 +13,92 @@ from pathlib import Path
 
 import click
 
-from .config import METHODS, TrainConfig, TrainError
-from .data import DataLayoutError
+from .config import OptionFlag, config_from_flags, option_flags
+from .errors import ConfigError
+from .methods import METHODS
 from .run_folder import RunFolder
 
 __all__ = ["train", "eval_command"]
 
-# Help for each TrainConfig field; the flags themselves are generated from the dataclass, defaults included.
-TRAIN_HELP = {
-    "data": "Training data root (folder layouts: ForenSynths, GenImage, real/fake) or a CSV manifest.",
-    "out": "Run folder to create.",
-    "method": "probe (linear probe), lora (LoRA + head), dgs (DGS-Net: probe, then LoRA with gradient surgery) "
-              "or mirage (MiraGe: multimodal deep prompts, CE + supervised contrastive loss).",
-    "arch": "open_clip model name, e.g. ViT-L-14, ViT-B-16, or dgs-tiny-vit.",
-    "pretrained": "open_clip pretrained tag (openai), a local checkpoint path, or none.",
-    "val": "Validation data root, scored after every epoch.",
-    "split": "Only images under a folder of this name in --data (e.g. train for GenImage).",
-    "val_split": "Only images under a folder of this name in --val (e.g. val for GenImage).",
-    "epochs": "Epochs of the method's own stage [default: probe 3, lora 1, dgs 1, mirage 5].",
-    "probe_epochs": "DGS-Net stage-1 probe epochs.",
-    "batch_size": "Images per batch.",
-    "accumulate": "Batches whose gradients are summed per optimizer step.",
-    "lr": "Learning rate [default: 1e-4 (Adam) for probe, lora and dgs; 3.5e-3 (SGD) for mirage].",
-    "beta1": "Adam beta1 (probe, lora, dgs).",
-    "beta2": "Adam beta2 (probe, lora, dgs).",
-    "lora_rank": "LoRA rank r.",
-    "lora_alpha": "LoRA alpha (updates scaled by alpha / r).",
-    "lora_dropout": "Dropout on the input of the LoRA path.",
-    "lora_targets": "Comma-separated projections to adapt, of q, k, v.",
-    "lora_blocks": "Comma-separated vision block indices to adapt, or all.",
-    "help_weight": "lambda, weight of DGS-Net's prior-alignment loss.",
-    "prompt_tokens": "MiraGe: learnable context tokens per prompted layer.",
-    "prompt_depth": "MiraGe: text and vision layers that get prompts (1 = shallow prompts only, the ablation).",
-    "prompt_context": "MiraGe: phrase whose first words initialise the layer-0 text context.",
-    "dis_weight": "MiraGe: alpha, weight of the discriminative loss L_dis (0 = CE only, the ablation).",
-    "memory_size": "MiraGe: embeddings in the FIFO memory bank of L_dis (0 = no memory bank, the ablation).",
-    "temperature": "MiraGe: temperature tau of L_dis.",
-    "momentum": "MiraGe: SGD momentum.",
-    "weight_decay": "MiraGe: SGD weight decay.",
-    "warmup_epochs": "MiraGe: epochs at --warmup-lr before the cosine schedule starts.",
-    "warmup_lr": "MiraGe: constant learning rate of the warm-up epochs.",
-    "captions": "JSON file mapping image paths to captions (DGS-Net's text branch).",
-    "caption_template": "Caption for images without one; {label} becomes real or fake.",
-    "preprocess": "patch-select or clip [default: patch-select for probe, lora and dgs; clip for mirage].",
-    "hflip": "Random horizontal flips at train time.",
-    "device": "auto, cpu, cuda or cuda:N.",
-    "workers": "DataLoader worker processes that decode images.",
-    "seed": "Seed of data order, augmentation and initialisation.",
-    "save_every": "Also checkpoint every N optimizer steps (0: at the end of each epoch only).",
-    "tensorboard": "Also write a TensorBoard log (needs tensorboard installed).",
-}
+# Settings that may change when a run is resumed (where and how fast it runs, not what it learns).
+RESUMABLE_OVERRIDES = ("device", "workers")
+
+
+def _shown_default(flag: OptionFlag) -> str:
+    values = [(method, default) for method, default in flag.defaults if default is not None]
+    if not values:
+        return ""
+
+    def spelled(value) -> str:
+        if isinstance(value, bool):
+            return flag.dest.replace("_", "-") if value else "no-" + flag.dest.replace("_", "-")
+        return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+    if len({spelled(v) for _, v in values}) == 1:
+        shown = spelled(values[0][1])
+    else:
+        shown = ", ".join(f"{method} {spelled(value)}" for method, value in values)
+    return f" [default: {shown}]"
+
+
+def _click_option(flag: OptionFlag):
+    kinds = [k for k in typing.get_args(flag.kind) or (flag.kind,) if k is not type(None)]
+    kind = kinds[0]
+    help_text = flag.help + _shown_default(flag)
+    if flag.methods and len(flag.methods) < len(METHODS):
+        help_text += f" ({', '.join(flag.methods)})"
+    if kind is bool:
+        return click.option(f"{flag.flag}/--no-{flag.flag[2:]}", flag.dest, default=None, help=help_text)
+    if flag.dest == "method":
+        choices = "; ".join(f"{name}: {method.summary}" for name, method in METHODS.items())
+        return click.option(flag.flag, flag.dest, type=click.Choice(list(METHODS)), default=None,
+                            help=f"{choices}.{_shown_default(flag)}")
+    if flag.choices:
+        return click.option(flag.flag, flag.dest, type=click.Choice(flag.choices), default=None, help=help_text)
+    click_type = kind if kind in (int, float) else str  # lists are given comma-separated
+    return click.option(flag.flag, flag.dest, type=click_type, default=None, help=help_text)
 
 
 def _train_options(command):
-    """Add one click option per TrainConfig field, typed and defaulted from the dataclass."""
-    hints = typing.get_type_hints(TrainConfig)
-    for field in reversed(dataclasses.fields(TrainConfig)):
-        flag = "--" + field.name.replace("_", "-")
-        hint = hints[field.name]
-        required = field.default is dataclasses.MISSING
-        base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
-        kwargs = {"help": TRAIN_HELP[field.name], "show_default": not required and field.default is not None}
-        if base is bool:
-            option = click.option(f"{flag}/--no-{flag[2:]}", field.name, default=field.default, **kwargs)
-        elif field.name == "method":
-            option = click.option(flag, field.name, type=click.Choice(METHODS), default=field.default, **kwargs)
-        else:
-            default = None if required else field.default
-            option = click.option(flag, field.name, type=base, default=default, required=False, **kwargs)
-        command = option(command)
+    """One click option per config key (the run's settings, then every method's options), from the dataclasses."""
+    for flag in reversed(option_flags()):
+        command = _click_option(flag)(command)
     return command
 
 
-def _fail(message: str) -> None:
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(2)
-
-
 @click.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML or JSON file with the run's settings, nested as a run's config.json holds them (a run's "
+                   "config.json itself works); flags given override it.")
 @_train_options
 @click.option("--resume", "resume_run", type=click.Path(file_okay=False),
-              help="Continue an interrupted run from its last checkpoint (its config.json is used).")
+              help="Continue an interrupted run from its last checkpoint, with its config.json (only --device and "
+                   "--workers may change).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def train(resume_run, progress, **fields) -> None:
-    """Train a detector into a run folder (config, checkpoints, metrics)."""
+def train(config_file, resume_run, progress, **flags) -> None:
+    """Train a detector into a run folder (config, checkpoints, metrics).
+
+    Defaults are each method's published recipe; see the README for where each setting comes from.
+    """
+    import dataclasses
+
     from .train import fit
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    given = {dest: value for dest, value in flags.items() if value is not None}
+    if resume_run:
+        refused = sorted(set(given) - set(RESUMABLE_OVERRIDES)) + (["config"] if config_file else [])
+        if refused:
+            raise ConfigError(f"--resume continues a run with its own settings; --{refused[0].replace('_', '-')} "
+                              f"cannot change them (only --device and --workers can)")
+        config = RunFolder(resume_run).read_config()
+        config = dataclasses.replace(config, **given)
+    else:
+        config = config_from_flags(given, config_file)
     try:
-        if resume_run:
-            config = RunFolder(resume_run).read_config()
-        else:
-            if not fields["data"] or not fields["out"]:
-                _fail("--data and --out are required (or --resume RUN)")
-            config = TrainConfig(**fields)
         run = fit(config, resume=bool(resume_run), progress=progress)
-    except (TrainError, DataLayoutError, ValueError, OSError) as e:
-        _fail(str(e))
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: continue with  dgs train --resume {resume_run or fields['out']}", err=True)
+        click.echo(f"\ninterrupted: continue with  dgs train --resume {resume_run or config.out}", err=True)
         sys.exit(130)
     click.echo(f"run written to {run}", err=True)
 
@@ -123,26 +112,27 @@ def train(resume_run, progress, **fields) -> None:
 @click.option("--calibrate", is_flag=True,
               help="Choose the threshold that maximises balanced accuracy on --data and store it in the run "
                    "(use validation data, never the test set).")
+@click.option("--tta", type=click.IntRange(min=1), default=1, show_default=True,
+              help="patch-select runs: average each image's logit over K seeded mosaic orders, as the official "
+                   "evaluation shuffles the mosaic (1: the deterministic order the deployed model uses).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the metrics as JSON here.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
-def eval_command(run, data, split, threshold, calibrate, json_out, batch_size, device, workers) -> None:
+def eval_command(run, data, split, threshold, calibrate, tta, json_out, batch_size, device, workers) -> None:
     """Accuracy, real/fake accuracy, AP and ROC-AUC of a run, per generator and on average."""
     from .eval_run import EvalConfig, evaluate_run
     from .evaluate import format_table
 
-    config = EvalConfig(run=run, data=data, split=split, threshold=threshold, calibrate=calibrate,
+    config = EvalConfig(run=run, data=data, split=split, threshold=threshold, calibrate=calibrate, tta=tta,
                         batch_size=batch_size, device=device, workers=workers)
     if json_out and not Path(json_out).resolve().parent.is_dir():
-        _fail(f"{json_out}: cannot write the metrics, its folder does not exist")
+        raise ConfigError(f"{json_out}: cannot write the metrics, its folder does not exist")
     owned = RunFolder(run).entry_holding(json_out) if json_out else None
     if owned:
-        _fail(f"--json {json_out}: {owned} belongs to the run, the metrics cannot be written over it or into it")
-    try:
-        report = evaluate_run(config)
-    except (TrainError, DataLayoutError, ValueError, OSError) as e:
-        _fail(str(e))
+        raise ConfigError(f"--json {json_out}: {owned} belongs to the run, the metrics cannot be written over it "
+                          "or into it")
+    report = evaluate_run(config)
     click.echo(format_table(report["metrics"]))
     oracle = report["oracle_threshold"]
     click.echo(f"threshold {report['threshold']:.4f} ({report['threshold_source']}); " + (

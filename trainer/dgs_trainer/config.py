@@ -1,137 +1,457 @@
-"""The configuration of a training run: one dataclass, filled by `dgs train`'s flags and saved in the run."""
+"""The configuration of a training run, declared once: the run's own settings and, nested in ``options``, the
+settings of its method (each method's options dataclass lives in its module, `dgs_trainer.methods`).
+
+The same structure is read from a ``--config`` YAML or JSON file, saved in the run's config.json, and turned into
+`dgs train`'s flags: a nested field ``options.lora.rank`` is the flag ``--lora-rank``. Every value is checked
+against its declared type and bounds, and an error names the key and the file it came from.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import math
+import os
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from dgs_sdk.preprocess import PreprocessSpec
 
-from .captions import DEFAULT_CAPTION_TEMPLATE
-from .lora import PROJECTIONS, LoRAConfig
-from .methods.mirage import MiraGeConfig
+from .errors import ConfigError, TrainError
+from .methods import METHODS
+from .methods.base import Stage, help_of
 
-__all__ = ["METHODS", "DEFAULT_EPOCHS", "DEFAULT_LR", "DEFAULT_PREPROCESS", "TrainConfig", "TrainError"]
+__all__ = [
+    "CONFIG_FORMAT",
+    "METHODS",
+    "ConfigError",
+    "OptionFlag",
+    "TrainConfig",
+    "TrainError",
+    "config_from_flags",
+    "config_to_dict",
+    "legacy_config",
+    "option_flags",
+    "parse_flag_value",
+    "read_config_file",
+]
 
-METHODS = ("probe", "lora", "dgs", "mirage")
-# Per-method defaults of --epochs, --lr and --preprocess: DGS-Net's published schedule (Adam, constant lr) for
-# probe, lora and dgs; MaPLe's ViT-B/16 recipe for mirage (SGD, 5 epochs, one of constant warm-up at 1e-5, then
-# cosine), since the MiraGe paper builds on MaPLe and its own optimiser settings are not published with code.
-DEFAULT_EPOCHS = {"probe": 3, "lora": 1, "dgs": 1, "mirage": 5}
-DEFAULT_LR = {"probe": 1e-4, "lora": 1e-4, "dgs": 1e-4, "mirage": 3.5e-3}
-DEFAULT_PREPROCESS = {"probe": "patch-select", "lora": "patch-select", "dgs": "patch-select", "mirage": "clip"}
-
-
-class TrainError(ValueError):
-    """A training run cannot start or continue; the message says why."""
+# config.json's ``format``: 2 nests the method's settings in ``options``; runs without it hold the flat settings
+# of earlier versions, read by `legacy_config`.
+CONFIG_FORMAT = 2
+PREPROCESS = ("patch-select", "clip")
+SMALL_IMAGES = ("pad", "resize")
+MAX_CONFIG_FILE_BYTES = 1024**2
 
 
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on; `dgs train` fills it from its flags.
+    """Everything a training run depends on.
 
-    Defaults are DGS-Net's published settings (ViT-L/14 `openai`, LoRA r = alpha = 6 with dropout 0.8 on q, k, v
-    of every vision block, Adam lr 1e-4, batch 32, probe 3 epochs then surgery 1 epoch, lambda = 0.2,
-    patch-select preprocessing with horizontal flips). ``epochs``, ``lr`` and ``preprocess`` left as ``None``
-    take the method's default (`DEFAULT_EPOCHS`, `DEFAULT_LR`, `DEFAULT_PREPROCESS`); MiraGe's settings are the
-    ``prompt_*``, ``dis_weight``, ``memory_size``, ``temperature`` fields and SGD's ``momentum``,
-    ``weight_decay``, ``warmup_epochs`` and ``warmup_lr``.
+    ``options`` holds the method's own settings (`DGSConfig`, `MiraGeConfig`, ...), None meaning its published
+    defaults. ``preprocess`` and ``small_images`` left as None take the method's defaults, and ``quick_gelu``
+    left as None follows the pretrained weights (see `dgs_trainer.models.trained_with_quick_gelu`); all three are
+    resolved when the config is made, so a saved run records what it used.
     """
 
-    data: str
-    out: str
-    method: str = "dgs"
-    arch: str = "ViT-L-14"
-    pretrained: str = "openai"
-    val: str | None = None
-    split: str | None = None
-    val_split: str | None = None
-    epochs: int | None = None
-    probe_epochs: int = 3
-    batch_size: int = 32
-    accumulate: int = 1
-    lr: float | None = None
-    beta1: float = 0.9
-    beta2: float = 0.999
-    lora_rank: int = 6
-    lora_alpha: float = 6.0
-    lora_dropout: float = 0.8
-    lora_targets: str = "q,k,v"
-    lora_blocks: str = "all"
-    help_weight: float = 0.2
-    prompt_tokens: int = 2
-    prompt_depth: int = 9
-    prompt_context: str = "a photo of a"
-    dis_weight: float = 0.1
-    memory_size: int = 64
-    temperature: float = 0.07
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    captions: str | None = None
-    caption_template: str = DEFAULT_CAPTION_TEMPLATE
-    preprocess: str | None = None
-    hflip: bool = True
-    device: str = "auto"
-    workers: int = 2
-    seed: int = 0
-    save_every: int = 0
-    tensorboard: bool = False
+    data: str = field(metadata=help_of("Training data root (folder layouts: ForenSynths, GenImage, real/fake) or a "
+                                       "CSV manifest."))
+    out: str = field(metadata=help_of("Run folder to create."))
+    method: str = field(default="dgs", metadata=help_of("Training method (see the list above)."))
+    arch: str = field(default="ViT-L-14", metadata=help_of("open_clip model name, e.g. ViT-L-14, ViT-B-16, or "
+                                                            "dgs-tiny-vit."))
+    pretrained: str = field(default="openai", metadata=help_of(
+        "open_clip pretrained tag (openai), a local checkpoint path, or none."))
+    quick_gelu: bool | None = field(default=None, metadata=help_of(
+        "Build the QuickGELU variant of the architecture [default: when the pretrained weights were trained with "
+        "it, as OpenAI's were]."))
+    val: str | None = field(default=None, metadata=help_of("Validation data root, scored after every epoch."))
+    split: str | None = field(default=None, metadata=help_of(
+        "Only images under a folder of this name in --data (e.g. train for GenImage)."))
+    val_split: str | None = field(default=None, metadata=help_of(
+        "Only images under a folder of this name in --val (e.g. val for GenImage)."))
+    batch_size: int = field(default=32, metadata=help_of("Images per batch."))
+    accumulate: int = field(default=1, metadata=help_of("Batches whose gradients are summed per optimizer step."))
+    preprocess: str | None = field(default=None, metadata=help_of(
+        "Model input: patch-select (DGS-Net's mosaic) or clip (resize and centre crop) [default: the method's].",
+        choices=PREPROCESS))
+    small_images: str | None = field(default=None, metadata=help_of(
+        "patch-select on images with fewer patches than the mosaic: pad (the official transform: patches repeat, "
+        "black tiles fill the rest) or resize (shorter side to the input size first) [default: the method's].",
+        choices=SMALL_IMAGES))
+    hflip: bool = field(default=True, metadata=help_of("Random horizontal flips at train time."))
+    device: str = field(default="auto", metadata=help_of("auto, cpu, cuda or cuda:N."))
+    workers: int = field(default=2, metadata=help_of("DataLoader worker processes that decode images."))
+    seed: int = field(default=0, metadata=help_of("Seed of data order, augmentation and initialisation."))
+    save_every: int = field(default=0, metadata=help_of(
+        "Also checkpoint every N optimizer steps (0: at the end of each epoch only)."))
+    tensorboard: bool = field(default=False, metadata=help_of("Also write a TensorBoard log (needs tensorboard)."))
+    options: Any = field(default=None, metadata=help_of("The method's settings."))
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise TrainError(f"method {self.method!r} is unknown (expected one of {', '.join(METHODS)})")
-        for name in ("batch_size", "accumulate", "probe_epochs", "lora_rank"):
+            raise ConfigError(f"method {self.method!r} is unknown (expected one of {', '.join(METHODS)})")
+        method = METHODS[self.method]
+        if self.options is None:
+            self.options = method.options_type()
+        elif not isinstance(self.options, method.options_type):
+            raise ConfigError(f"options of method {self.method} must be a {method.options_type.__name__}, got "
+                              f"{type(self.options).__name__}")
+        for name in ("batch_size", "accumulate"):
             if getattr(self, name) < 1:
-                raise TrainError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.epochs is not None and self.epochs < 1:
-            raise TrainError(f"epochs must be at least 1, got {self.epochs}")
-        if self.lr is None:
-            self.lr = DEFAULT_LR[self.method]
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("workers", "save_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} cannot be negative, got {getattr(self, name)}")
         if self.preprocess is None:
-            self.preprocess = DEFAULT_PREPROCESS[self.method]
-        if not self.lr > 0:
-            raise TrainError(f"lr must be positive, got {self.lr}")
-        self.lora()  # --lora-* and MiraGe's flags are checked before anything runs
-        self.mirage()
-        if self.method == "mirage":
-            if not 0 <= self.warmup_epochs < self.stages()[-1][1]:
-                raise TrainError(f"warmup_epochs must be at least 0 and fewer than the {self.stages()[-1][1]} "
-                                 f"training epochs, got {self.warmup_epochs}")
-            if not 0 <= self.warmup_lr <= self.lr:
-                raise TrainError(f"warmup_lr must be between 0 and lr ({self.lr}), got {self.warmup_lr}")
-            if self.weight_decay < 0 or not 0 <= self.momentum < 1:
-                raise TrainError("weight_decay cannot be negative and momentum must be in [0, 1)")
+            self.preprocess = method.preprocess
+        if self.preprocess not in PREPROCESS:
+            raise ConfigError(f"preprocess {self.preprocess!r} is unknown (expected patch-select or clip)")
+        if self.small_images is None:
+            self.small_images = method.small_images if self.preprocess == "patch-select" else "resize"
+        if self.small_images not in SMALL_IMAGES:
+            raise ConfigError(f"small_images {self.small_images!r} is unknown (expected pad or resize)")
+        if self.small_images == "pad" and self.preprocess != "patch-select":
+            raise ConfigError("small_images pad applies to patch-select preprocessing only (clip resizes every image)")
+        if self.quick_gelu is None:
+            from .models import trained_with_quick_gelu
 
-    def lora(self) -> LoRAConfig:
-        targets = tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
-        try:
-            blocks = None if self.lora_blocks == "all" else tuple(int(b) for b in self.lora_blocks.split(","))
-        except ValueError:
-            raise TrainError(
-                f"--lora-blocks must be 'all' or comma-separated integers, got {self.lora_blocks!r}"
-            ) from None
-        try:
-            return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, targets or PROJECTIONS, blocks)
-        except ValueError as e:
-            raise TrainError(str(e)) from None
+            self.quick_gelu = trained_with_quick_gelu(self.arch, self.pretrained)
 
-    def mirage(self) -> MiraGeConfig:
-        try:
-            return MiraGeConfig(self.prompt_tokens, self.prompt_depth, self.prompt_context, self.dis_weight,
-                                self.memory_size, self.temperature)
-        except ValueError as e:
-            raise TrainError(str(e)) from None
+    def method_runner(self):
+        """The `Method` this run trains, holding its options."""
+        return METHODS[self.method](self.options)
 
-    def stages(self) -> list[tuple[str, int]]:
-        """(stage, epochs) in order: dgs trains a probe first, the others train themselves."""
-        if self.method == "dgs":
-            return [("probe", self.probe_epochs), ("dgs", self.epochs or DEFAULT_EPOCHS["dgs"])]
-        return [(self.method, self.epochs or DEFAULT_EPOCHS[self.method])]
+    def stages(self) -> list[Stage]:
+        return self.method_runner().stages()
 
     def preprocess_spec(self, image_size: int) -> PreprocessSpec:
         if self.preprocess == "patch-select":
-            return PreprocessSpec.patch_select(size=image_size)
-        if self.preprocess == "clip":
-            return PreprocessSpec.clip(size=image_size)
-        raise TrainError(f"preprocess {self.preprocess!r} is unknown (expected patch-select or clip)")
+            return PreprocessSpec.patch_select(size=image_size, small_images=self.small_images)
+        return PreprocessSpec.clip(size=image_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The nested structure config.json and ``--config`` files hold."""
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, values: Any, source: str | os.PathLike = "config", out: str | None = None) -> TrainConfig:
+        """A config from the nested structure `to_dict` writes, every key known and of its declared type.
+
+        Args:
+            values: the mapping (from JSON or YAML).
+            source: the file it came from, for messages.
+            out: replaces the saved ``out`` (a run folder may have moved since it was written).
+
+        Raises:
+            ConfigError: an unknown or missing key, a value of the wrong type or out of bounds; the message names
+                ``source`` and the key.
+        """
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{source}: expected a mapping of settings, found {type(values).__name__}")
+        values = dict(values)
+        if out is not None:
+            values["out"] = out
+        method = values.get("method", "dgs")
+        if not isinstance(method, str) or method not in METHODS:
+            raise ConfigError(f"{source}: method {method!r} is unknown (expected one of {', '.join(METHODS)})")
+        options = values.pop("options", None)
+        config = _build(cls, values, source, "", skip=("options",))
+        config.options = _build(METHODS[method].options_type, {} if options is None else options, source, "options.")
+        try:
+            config.__post_init__()
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+        return config
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass as plain JSON/YAML values: nested dataclasses as mappings, tuples as lists."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(config)
+
+
+def _kinds(hint: Any) -> tuple[Any, ...]:
+    """The alternatives of an annotation: ``int | None`` -> (int, NoneType)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _describe(kind: Any) -> str:
+    if kind is type(None):
+        return "null"
+    if typing.get_origin(kind) is tuple:
+        return f"a list of {_describe(typing.get_args(kind)[0])}"
+    if dataclasses.is_dataclass(kind):
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, str(kind))
+
+
+def _convert(value: Any, kind: Any, source: str | os.PathLike, key: str) -> tuple[bool, Any]:
+    """``(fits, value)``: whether a JSON/YAML value has the declared type, and the value as the dataclass holds it.
+
+    bool is not a number here, an integer is a float, and a list is a tuple's spelling.
+    """
+    if kind is type(None):
+        return value is None, None
+    if dataclasses.is_dataclass(kind):
+        return isinstance(value, Mapping), (_build(kind, value, source, key + ".") if isinstance(value, Mapping)
+                                            else None)
+    if typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+        if not isinstance(value, (list, tuple)):
+            return False, None
+        items = [_convert(v, item, source, key) for v in value]
+        return all(ok for ok, _ in items), tuple(v for _, v in items)
+    if kind in (int, float):
+        numbers = (int,) if kind is int else (int, float)
+        if not isinstance(value, numbers) or isinstance(value, bool):
+            return False, None
+        if isinstance(value, int) and abs(value) >= 2**63:
+            raise ConfigError(f"{source}: {key} is out of range ({str(value)[:24]}...)")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{source}: {key} must be finite, got {value}")
+        return True, float(value) if kind is float else value
+    return isinstance(value, kind), value
+
+
+def _build(cls: type, values: Any, source: str | os.PathLike, prefix: str, skip: tuple[str, ...] = ()) -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the config'} must be a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
+    unknown = sorted(set(values) - set(fields) - set(skip))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(fields))})")
+    hints = typing.get_type_hints(cls)
+    arguments = {}
+    for name, value in values.items():
+        if name in skip:
+            continue
+        key = prefix + name
+        kinds = _kinds(hints[name])
+        for kind in kinds:
+            ok, converted = _convert(value, kind, source, key)
+            if ok:
+                arguments[name] = converted
+                break
+        else:
+            expected = " or ".join(_describe(kind) for kind in kinds)
+            raise ConfigError(f"{source}: {key} must be {expected}, got {value!r}")
+    missing = [name for name, f in fields.items() if name not in arguments and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{source}: {prefix}{missing[0]} is missing")
+    try:
+        return cls(**arguments)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    except ValueError as e:  # the dataclass's own bounds
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'}: {e}") from None
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The settings of a ``--config`` file: YAML (or JSON) with `TrainConfig`'s structure, or a run's config.json,
+    whose ``config`` object is taken.
+
+    Raises:
+        ConfigError: the file cannot be read or is not such a mapping.
+    """
+    import yaml
+
+    from dgs_sdk.files import read_regular
+
+    try:
+        text = read_regular(Path(path), MAX_CONFIG_FILE_BYTES, ConfigError).decode("utf-8")
+        values = yaml.safe_load(text)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: cannot be read ({e})") from None
+    except (yaml.YAMLError, RecursionError, ValueError) as e:
+        raise ConfigError(f"{path}: not valid YAML or JSON ({str(e).splitlines()[0] if str(e) else e})") from None
+    if isinstance(values, Mapping) and isinstance(values.get("config"), Mapping) and "format" in values:
+        values = values["config"]  # a run's config.json
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of settings (data: ..., method: ..., options: ...)")
+    return dict(values)
+
+
+# Runs written before config.json had a ``format`` kept every setting flat; where each one lives now.
+_LEGACY_KEYS = {
+    "epochs": ("epochs",), "lr": ("lr",), "beta1": ("beta1",), "beta2": ("beta2",), "probe_epochs": ("probe_epochs",),
+    "lora_rank": ("lora", "rank"), "lora_alpha": ("lora", "alpha"), "lora_dropout": ("lora", "dropout"),
+    "lora_targets": ("lora", "targets"), "lora_blocks": ("lora", "blocks"), "help_weight": ("help_weight",),
+    "prompt_tokens": ("prompt", "tokens"), "prompt_depth": ("prompt", "depth"), "prompt_context": ("prompt", "context"),
+    "dis_weight": ("dis_weight",), "memory_size": ("memory_size",), "temperature": ("temperature",),
+    "momentum": ("momentum",), "weight_decay": ("weight_decay",), "warmup_epochs": ("warmup_epochs",),
+    "warmup_lr": ("warmup_lr",), "captions": ("captions",),
+}
+_LEGACY_DROPPED = ("caption_template",)  # only shaped captions at train time; a legacy run cannot be resumed
+
+
+def legacy_config(values: Any, source: str | os.PathLike, out: str | None = None) -> TrainConfig:
+    """The config of a run written before ``format`` 2, with the behaviour it was trained with: LoRA scaled by
+    alpha/r, GELU (not QuickGELU) whatever the weights, and small images resized (the preprocessing spec saved with
+    the run says so too).
+
+    Raises:
+        ConfigError: as `TrainConfig.from_dict`, naming the flat key.
+    """
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of settings, found {type(values).__name__}")
+    method = values.get("method", "dgs")
+    if not isinstance(method, str) or method not in METHODS:
+        raise ConfigError(f"{source}: method {method!r} is unknown (expected one of {', '.join(METHODS)})")
+    option_keys = {key for key, *_ in _leaves(METHODS[method].options_type, ())}
+    run: dict[str, Any] = {"quick_gelu": False, "small_images": "resize"}
+    options: dict[str, Any] = {}
+    for name, value in values.items():
+        if name in _LEGACY_DROPPED:
+            continue
+        if name not in _LEGACY_KEYS:
+            run[name] = value
+            continue
+        key = _LEGACY_KEYS[name]
+        if key not in option_keys or value is None:  # another method's setting, or "the method's default"
+            continue
+        if name in ("lora_targets", "lora_blocks"):
+            if not isinstance(value, str):
+                raise ConfigError(f"{source}: config key {name!r} must be a string, got {value!r}")
+            value = None if value == "all" else value.split(",")
+            if name == "lora_blocks" and value is not None:
+                try:
+                    value = [int(v) for v in value]
+                except ValueError:
+                    raise ConfigError(f"{source}: config key 'lora_blocks' must be 'all' or integers, got "
+                                      f"{values[name]!r}") from None
+        node = options
+        for part in key[:-1]:
+            node = node.setdefault(part, {})
+        node[key[-1]] = value
+    if ("lora", "scaling") in option_keys:
+        options.setdefault("lora", {})["scaling"] = "linear"
+    run["options"] = options
+    return TrainConfig.from_dict(run, source, out)
+
+
+# --- flags ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OptionFlag:
+    """One `dgs train` flag: the config key it sets and the methods that have it."""
+
+    flag: str  # --lora-rank
+    key: tuple[str, ...]  # ("options", "lora", "rank")
+    kind: Any  # the annotation
+    help: str
+    methods: tuple[str, ...]  # empty for the run's own settings
+    defaults: tuple[tuple[str, Any], ...]  # (method, default) for options; ("", default) for the run's own
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag[2:].replace("-", "_")
+
+
+def _leaves(cls: type, prefix: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any, dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(cls)
+    instance = cls()
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _leaves(hints[f.name], (*prefix, f.name))
+        else:
+            yield (*prefix, f.name), hints[f.name], f, getattr(instance, f.name)
+
+
+def option_flags() -> list[OptionFlag]:
+    """Every `dgs train` flag: the run's own settings, then each method's options (a key two methods share, such
+    as ``lora.rank``, is one flag)."""
+    flags = []
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name != "options":
+            default = None if f.default is dataclasses.MISSING else f.default
+            flags.append(OptionFlag("--" + f.name.replace("_", "-"), (f.name,), hints[f.name], f.metadata["help"], (),
+                                    (("", default),), f.metadata.get("choices")))
+    by_key: dict[tuple[str, ...], dict[str, Any]] = {}
+    for name, method in METHODS.items():
+        for key, kind, f, default in _leaves(method.options_type, ()):
+            entry = by_key.setdefault(key, {"kind": kind, "help": f.metadata.get("help", ""), "defaults": [],
+                                            "choices": f.metadata.get("choices")})
+            if entry["kind"] != kind:
+                raise TypeError(f"option {'.'.join(key)} has type {kind} in {name}, {entry['kind']} elsewhere")
+            entry["defaults"].append((name, default))
+    for key, entry in by_key.items():
+        methods = tuple(m for m, _ in entry["defaults"])
+        flags.append(OptionFlag("--" + "-".join(key).replace("_", "-"), ("options", *key), entry["kind"],
+                                entry["help"], methods, tuple(entry["defaults"]), entry["choices"]))
+    return flags
+
+
+def parse_flag_value(flag: OptionFlag, value: Any) -> Any:
+    """A flag's command-line text as the config value: comma lists for tuples, ``all`` for no block selection."""
+    kinds = _kinds(flag.kind)
+    tuple_kind = next((k for k in kinds if typing.get_origin(k) is tuple), None)
+    if tuple_kind is None or not isinstance(value, str):
+        return value
+    if type(None) in kinds and value.strip().lower() == "all":
+        return None
+    item = typing.get_args(tuple_kind)[0]
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    try:
+        return [item(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"{flag.flag} must be comma-separated {_describe(item)}s"
+                          + (" or 'all'" if type(None) in kinds else "") + f", got {value!r}") from None
+
+
+def config_from_flags(given: Mapping[str, Any], file: str | os.PathLike | None = None) -> TrainConfig:
+    """The config of `dgs train`: the ``--config`` file's settings (if any), overridden by the flags given.
+
+    Args:
+        given: flag destination (``lora_rank``) -> value, for the flags given on the command line only.
+        file: a ``--config`` file.
+
+    Raises:
+        ConfigError: a flag that the chosen method does not have, or any invalid value.
+    """
+    values = read_config_file(file) if file else {}
+    options = values.get("options")
+    options = dict(options) if isinstance(options, Mapping) else ({} if options is None else options)
+    flags = {flag.dest: flag for flag in option_flags()}
+    method = given.get("method", values.get("method", "dgs"))
+    for dest, value in given.items():
+        flag = flags[dest]
+        value = parse_flag_value(flag, value)
+        if flag.key[0] != "options":
+            values[flag.key[0]] = value
+            continue
+        if method not in flag.methods:
+            raise ConfigError(f"{flag.flag} does not apply to method {method} (it is an option of "
+                              f"{', '.join(flag.methods)})")
+        if not isinstance(options, dict):
+            raise ConfigError(f"{file}: options must be a mapping, got {options!r}")
+        node = options
+        for part in flag.key[1:-1]:
+            existing = node.get(part)
+            node[part] = dict(existing) if isinstance(existing, Mapping) else ({} if existing is None else existing)
+            node = node[part]
+            if not isinstance(node, dict):
+                raise ConfigError(f"{file}: options.{part} must be a mapping, got {node!r}")
+        node[flag.key[-1]] = value
+    if options or "options" in values:
+        values["options"] = options
+    for name in ("data", "out"):
+        if not values.get(name):
+            raise ConfigError(f"--{name} is required (as a flag or in --config), or give --resume RUN")
+    return TrainConfig.from_dict(values, file or "command line")

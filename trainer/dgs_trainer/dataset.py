@@ -24,18 +24,27 @@ class ImageDataset(Dataset):
 
     At train time the ``patch-select`` mosaic order is shuffled and the model input is flipped horizontally
     with probability 0.5 (after patch selection, as DGS-Net does), both drawn from a generator seeded by
-    ``(seed, epoch, index)``: a run resumed at an epoch sees the same inputs. An unreadable file gives an item
-    without ``image`` (its ``index``, ``label`` and ``error``), which `collate_skipping_unreadable` drops and counts.
+    ``(seed, epoch, index)``: a run resumed at an epoch sees the same inputs. At evaluation the mosaic keeps its
+    deterministic order, unless ``order_seed`` is given: then it is shuffled by a generator seeded by
+    ``(order_seed, index)`` (test-time augmentation; never flipped). An unreadable file gives an item without
+    ``image`` (its ``index``, ``label`` and ``error``), which `collate_skipping_unreadable` drops and counts.
     """
 
     def __init__(
-        self, samples: Sequence[Sample], spec: PreprocessSpec, train: bool = False, seed: int = 0, hflip: bool = True
+        self,
+        samples: Sequence[Sample],
+        spec: PreprocessSpec,
+        train: bool = False,
+        seed: int = 0,
+        hflip: bool = True,
+        order_seed: int | None = None,
     ) -> None:
         self.samples = list(samples)
         self.spec = spec
         self.train = train
         self.seed = seed
         self.hflip = hflip
+        self.order_seed = order_seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -50,9 +59,12 @@ class ImageDataset(Dataset):
             image = load_image(sample.path)
         except DgsError as e:
             return {"index": index, "label": sample.label, "error": str(e)}
-        rng = np.random.default_rng((self.seed, self.epoch, index)) if self.train else None
+        if self.train:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+        else:
+            rng = None if self.order_seed is None else np.random.default_rng((self.order_seed, index))
         crop = crop_image(image, self.spec, rng)  # [S, S, 3] uint8
-        if rng is not None and self.hflip and rng.random() < 0.5:
+        if self.train and self.hflip and rng.random() < 0.5:
             crop = crop[:, ::-1]
         return {
             "image": torch.from_numpy(normalize(crop[None], self.spec)[0]),  # [3, S, S]

@@ -13,10 +13,12 @@ Layout (ForenSynths style), with disjoint real crops in each split::
     ROOT/train/autoencoder/{0_real,1_fake}   the generator seen in training
     ROOT/val/autoencoder/{0_real,1_fake}     for validation and threshold calibration
     ROOT/test/{autoencoder,upsampler}/{0_real,1_fake}   upsampler: a generator never seen in training
+    ROOT/captions.json                       what each image shows (DGS-Net's text branch), as dgs caption writes
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .samples import sample_photos
+from .samples import SAMPLE_CAPTIONS, sample_photos
 
 __all__ = ["DemoDataConfig", "make_demo_dataset", "Autoencoder", "Upsampler"]
 
@@ -79,17 +81,22 @@ class Upsampler(nn.Module):
         return self.body(F.interpolate(x, scale_factor=0.25, mode="area"))
 
 
-def _crops(photos: list[np.ndarray], count: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` random crops ``[count, size, size, 3]`` uint8, from randomly rescaled photographs."""
+def _crops(photos: dict[str, np.ndarray], count: int, size: int,
+           rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    """``count`` random crops ``[count, size, size, 3]`` uint8 from randomly rescaled photographs, and the name of
+    the photograph each comes from."""
     out = np.empty((count, size, size, 3), np.uint8)
+    names = list(photos)
+    sources = []
     for i in range(count):
-        photo = photos[rng.integers(len(photos))]
+        sources.append(names[rng.integers(len(names))])
+        photo = photos[sources[-1]]
         scale = rng.uniform(size / min(photo.shape[:2]) * 1.2, 1.0)
         h, w = int(photo.shape[0] * scale), int(photo.shape[1] * scale)
         resized = cv2.resize(photo, (w, h), interpolation=cv2.INTER_AREA)
         top, left = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
         out[i] = resized[top : top + size, left : left + size]
-    return out
+    return out, sources
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -121,10 +128,12 @@ def _generate(model: nn.Module, crops: np.ndarray) -> np.ndarray:
     return np.concatenate([_to_images(model(_to_tensor(crops[i : i + 32]))) for i in range(0, len(crops), 32)])
 
 
-def _write(folder: Path, images: np.ndarray, prefix: str) -> None:
+def _write(folder: Path, images: np.ndarray, prefix: str, sources: list[str], captions: dict[str, str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for i, image in enumerate(images):
-        cv2.imwrite(str(folder / f"{prefix}{i:04d}.png"), np.ascontiguousarray(image[:, :, ::-1]))
+    for i, (image, source) in enumerate(zip(images, sources, strict=True)):
+        path = folder / f"{prefix}{i:04d}.png"
+        cv2.imwrite(str(path), np.ascontiguousarray(image[:, :, ::-1]))
+        captions[str(path)] = SAMPLE_CAPTIONS[source]
 
 
 def make_demo_dataset(root: str | Path, config: DemoDataConfig | None = None) -> Path:
@@ -132,19 +141,21 @@ def make_demo_dataset(root: str | Path, config: DemoDataConfig | None = None) ->
     config = config or DemoDataConfig()
     root = Path(root)
     rng = np.random.default_rng(config.seed)
-    photos = list(sample_photos().values())
+    photos = sample_photos()
     n_train, n_val, n_test = config.train_per_class, config.val_per_class, config.test_per_class
     # Disjoint crops: the generators' own training crops, then real and source crops of each split.
-    fit_crops = _crops(photos, 256, config.crop, rng)
+    fit_crops, _ = _crops(photos, 256, config.crop, rng)
     autoencoder = train_generator(Autoencoder(), fit_crops, config.generator_steps, config.seed)
     upsampler = train_generator(Upsampler(), fit_crops, config.generator_steps, config.seed + 1)
     splits = {"train": (n_train, ["autoencoder"]), "val": (n_val, ["autoencoder"]),
               "test": (n_test, ["autoencoder", "upsampler"])}
     generators = {"autoencoder": autoencoder, "upsampler": upsampler}
+    captions: dict[str, str] = {}
     for split, (count, names) in splits.items():
         for name in names:
-            real = _crops(photos, count, config.crop, rng)
-            sources = _crops(photos, count, config.crop, rng)
-            _write(root / split / name / "0_real", real, "real_")
-            _write(root / split / name / "1_fake", _generate(generators[name], sources), "fake_")
+            real, real_sources = _crops(photos, count, config.crop, rng)
+            crops, fake_sources = _crops(photos, count, config.crop, rng)
+            _write(root / split / name / "0_real", real, "real_", real_sources, captions)
+            _write(root / split / name / "1_fake", _generate(generators[name], crops), "fake_", fake_sources, captions)
+    (root / "captions.json").write_text(json.dumps(captions, indent=1))
     return root

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from .config import TrainError
 from .data import load_samples
+from .errors import ConfigError, TrainError
 from .evaluate import best_balanced_threshold, metrics_by_generator, predict_samples
 from .run_folder import CALIBRATION_FILE, RunFolder
-from .train import load_run, resolve_device
+from .train import resolve_device
 
 __all__ = ["CALIBRATION_FILE", "EvalConfig", "evaluate_run", "run_threshold"]
 
@@ -26,6 +26,7 @@ class EvalConfig:
     split: str | None = None
     threshold: float | None = None
     calibrate: bool = False
+    tta: int = 1
     batch_size: int = 32
     device: str = "auto"
     workers: int = 2
@@ -48,14 +49,18 @@ def evaluate_run(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     0.5. The best threshold on this data is always reported too, named as the oracle threshold.
     """
     device = resolve_device(config.device)
-    _, spec, model, _ = load_run(config.run, device=str(device))
+    loaded = RunFolder(config.run).load(device)
+    if config.tta > 1 and loaded.spec.transform != "patch-select":
+        raise ConfigError(f"--tta {config.tta}: test-time mosaic orders need patch-select preprocessing; {config.run} "
+                          f"uses {loaded.spec.transform}")
     # Settled before any image is scored, so that a damaged calibration.json stops evaluation at once.
     threshold, source = config.threshold, "given"  # with calibrate and no threshold, set once calibrated
     if config.threshold is None and not config.calibrate:
         threshold, source = run_threshold(config.run)
     samples = load_samples(config.data, config.split)
     probabilities, unreadable = predict_samples(
-        model, samples, spec, config.batch_size, device, config.workers, progress=progress
+        loaded.model, samples, loaded.spec, config.batch_size, device, config.workers, progress=progress,
+        tta=config.tta,
     )
     if unreadable == len(samples):
         raise TrainError(f"{config.data}: none of its {len(samples)} images could be read (e.g. {samples[0].path}); "
@@ -67,7 +72,7 @@ def evaluate_run(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
         oracle, oracle_accuracy = float("nan"), float("nan")
     if config.calibrate:
         if np.isnan(oracle):
-            raise ValueError(f"{config.data}: calibration needs both real and fake images")
+            raise TrainError(f"{config.data}: calibration needs both real and fake images")
         RunFolder(config.run).write_calibration({"threshold": oracle, "balanced_accuracy": oracle_accuracy,
                                                  "data": str(config.data), "split": config.split})
         if config.threshold is None:
@@ -77,6 +82,7 @@ def evaluate_run(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
         "data": str(config.data),
         "threshold": threshold,
         "threshold_source": source,
+        "tta": config.tta,
         "oracle_threshold": None if np.isnan(oracle) else oracle,  # None: the data holds one class only
         "oracle_balanced_accuracy": None if np.isnan(oracle_accuracy) else oracle_accuracy,
         "unreadable": unreadable,

@@ -14,7 +14,16 @@ import open_clip
 import torch
 from torch import nn
 
-__all__ = ["MODEL_CONFIG_DIR", "ClipImageDetector", "build_image_detector", "create_clip", "list_archs"]
+from .errors import TrainError
+
+__all__ = [
+    "MODEL_CONFIG_DIR",
+    "ClipImageDetector",
+    "build_image_detector",
+    "create_clip",
+    "list_archs",
+    "trained_with_quick_gelu",
+]
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 
@@ -30,7 +39,23 @@ def list_archs() -> list[str]:
     return open_clip.list_models()
 
 
-def create_clip(arch: str, pretrained: str | os.PathLike | None = "none", device: str = "cpu") -> nn.Module:
+def trained_with_quick_gelu(arch: str, pretrained: str | os.PathLike | None) -> bool:
+    """Whether the weights of an open_clip pretrained tag were trained with QuickGELU (OpenAI's were, for every
+    architecture); False for random weights, local checkpoints and unknown tags.
+
+    open_clip builds ``ViT-L-14`` with GELU and only warns when ``openai`` weights are loaded into it; every
+    activation then differs from the network those weights were trained in (by up to 0.02 on [-6, 6]).
+    """
+    _register_configs()
+    if pretrained is None or str(pretrained).lower() == "none" or os.path.exists(pretrained):
+        return False
+    if arch.endswith("-quickgelu"):
+        return False  # the architecture itself already is the QuickGELU variant
+    return bool(open_clip.get_pretrained_cfg(arch, str(pretrained)).get("quick_gelu", False))
+
+
+def create_clip(arch: str, pretrained: str | os.PathLike | None = "none", device: str = "cpu",
+                quick_gelu: bool | None = None) -> nn.Module:
     """Create an open_clip model.
 
     Args:
@@ -38,10 +63,13 @@ def create_clip(arch: str, pretrained: str | os.PathLike | None = "none", device
         pretrained: an open_clip pretrained tag (``openai``), a local checkpoint path, or ``none``/``None``
             for random initialisation.
         device: where to place the model.
+        quick_gelu: build the QuickGELU variant of ``arch``; None decides by `trained_with_quick_gelu`.
     """
     _register_configs()
+    if quick_gelu is None:
+        quick_gelu = trained_with_quick_gelu(arch, pretrained) if arch in open_clip.list_models() else False
     if arch not in open_clip.list_models():
-        raise ValueError(f"architecture {arch!r} is unknown (e.g. ViT-L-14, ViT-B-16, dgs-tiny-vit)")
+        raise TrainError(f"architecture {arch!r} is unknown (e.g. ViT-L-14, ViT-B-16, dgs-tiny-vit)")
     if pretrained is None or str(pretrained).lower() == "none":
         weights = None
     elif os.path.exists(pretrained):
@@ -49,20 +77,20 @@ def create_clip(arch: str, pretrained: str | os.PathLike | None = "none", device
     else:
         tags = open_clip.list_pretrained_tags_by_model(arch)
         if pretrained not in tags:
-            raise ValueError(
+            raise TrainError(
                 f"pretrained {pretrained!r} is neither a local checkpoint nor a tag of {arch} "
                 f"(tags: {', '.join(tags) or 'none'})"
             )
         weights = str(pretrained)
     if weights is not None:
         try:
-            return open_clip.create_model(arch, pretrained=weights, device=device)
+            return open_clip.create_model(arch, pretrained=weights, device=device, force_quick_gelu=quick_gelu)
         except Exception as e:  # a damaged or foreign checkpoint fails deep inside torch.load
-            raise ValueError(f"{weights}: cannot be loaded as {arch} weights ({type(e).__name__}: {e})") from None
+            raise TrainError(f"{weights}: cannot be loaded as {arch} weights ({type(e).__name__}: {e})") from None
     quiet = _DropMessage("No pretrained weights loaded")  # asked for on purpose: not worth a warning
     logging.getLogger().addFilter(quiet)
     try:
-        return open_clip.create_model(arch, pretrained=None, device=device)
+        return open_clip.create_model(arch, pretrained=None, device=device, force_quick_gelu=quick_gelu)
     finally:
         logging.getLogger().removeFilter(quiet)
 
@@ -96,8 +124,9 @@ class ClipImageDetector(nn.Module):
         return self.head(features).squeeze(-1)
 
 
-def build_image_detector(arch: str, pretrained: str | os.PathLike | None = "none") -> ClipImageDetector:
-    """The inference network of every method: the CLIP image tower of ``arch`` and a fresh linear head."""
-    clip = create_clip(arch, pretrained)
+def build_image_detector(arch: str, pretrained: str | os.PathLike | None = "none",
+                         quick_gelu: bool | None = None) -> ClipImageDetector:
+    """The CLIP image tower of ``arch`` and a fresh linear head (a probe's inference network)."""
+    clip = create_clip(arch, pretrained, quick_gelu=quick_gelu)
     embed_dim = clip.visual.output_dim
     return ClipImageDetector(clip.visual, embed_dim)

@@ -18,25 +18,27 @@ raises `RunFolderError` naming the file, so a damaged run gives a message, never
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import os
-import typing
-from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from torch import nn
 
 from dgs_sdk.errors import DgsError
-from dgs_sdk.files import AtomicFile, open_regular, read_regular
+from dgs_sdk.files import AtomicFile, read_regular
 from dgs_sdk.preprocess import PreprocessSpec
 
-from .config import TrainConfig, TrainError
+from .checkpoint import Position, load_trained_state, trained_state
+from .config import CONFIG_FORMAT, ConfigError, TrainConfig, legacy_config
+from .errors import RunFolderError
+from .methods import MethodContext
+from .models import create_clip
+from .tensor_files import MAX_RUN_FILE_BYTES, atomic_save, open_safetensors, read_tensors
 
 __all__ = [
     "CONFIG_FILE",
@@ -49,12 +51,10 @@ __all__ = [
     "CALIBRATION_FILE",
     "TENSORBOARD_DIR",
     "RUN_ENTRIES",
+    "LoadedRun",
     "RunFolderError",
     "RunFolder",
     "MetricsLog",
-    "atomic_save",
-    "read_tensors",
-    "check_tensors",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,65 +68,16 @@ BACKBONE_FILE = "backbone.safetensors"
 MODEL_FILE = "model.safetensors"
 CALIBRATION_FILE = "calibration.json"
 TENSORBOARD_DIR = "tensorboard"
-# config.json and calibration.json are a few kB; a run's tensors and logs stay well under the second bound.
+# config.json and calibration.json are a few kB.
 MAX_RUN_JSON_BYTES = 16 * 1024**2
-MAX_RUN_FILE_BYTES = 64 * 1024**3
 # The run's own files and folders: nothing else may be written over them or into them.
 RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR, PROBE_FILE, BACKBONE_FILE, MODEL_FILE, CALIBRATION_FILE,
                TENSORBOARD_DIR)
 
 
-class RunFolderError(TrainError, DgsError):
-    """A file of a run folder is missing or damaged; the message names it."""
-
-
-def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file through a temporary file and a rename: a reader never sees half of it."""
-    with AtomicFile(path) as out:
-        save_file(tensors, str(out.tmp), metadata=metadata)
-
-
 def _atomic_write_text(path: Path, text: str) -> None:
     with AtomicFile(path) as out:
         out.file.write(text.encode("utf-8"))
-
-
-def _check_regular(path: Path) -> None:
-    """Refuse, unopened, anything but a regular file of bounded size (a FIFO would hang, /dev/zero never end)."""
-    file, _ = open_regular(path, MAX_RUN_FILE_BYTES, RunFolderError)
-    file.close()
-
-
-def _open_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    if not path.is_file() and not path.exists():
-        raise RunFolderError(f"{path}: missing")
-    _check_regular(path)
-    try:
-        with safe_open(str(path), "pt") as f:
-            return {key: f.get_tensor(key) for key in f.keys()}, f.metadata() or {}
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        raise RunFolderError(f"{path}: not a readable safetensors file ({e}); the run is damaged") from None
-
-
-def check_tensors(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, Any], source: str | Path) -> None:
-    """Raise `RunFolderError` unless ``tensors`` has exactly the keys of ``expected`` (tensors or shapes), each
-    of the expected shape."""
-    if set(tensors) != set(expected):
-        missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-        raise RunFolderError(f"{source}: does not fit this model (missing {missing[:4]}, unexpected {extra[:4]})")
-    for key, like in expected.items():
-        shape = tuple(like.shape if isinstance(like, torch.Tensor) else like)
-        if tuple(tensors[key].shape) != shape:
-            raise RunFolderError(f"{source}: tensor {key} has shape {list(tensors[key].shape)}, this model needs "
-                                 f"{list(shape)}")
-
-
-def read_tensors(path: Path, expected: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file; with ``expected`` (name -> tensor or shape), checked against it."""
-    tensors, _ = _open_safetensors(path)
-    if expected is not None:
-        check_tensors(tensors, expected, path)
-    return tensors
 
 
 def _loads(text: str) -> Any:
@@ -154,38 +105,19 @@ def _read_json(path: Path) -> Any:
         raise RunFolderError(f"{path}: not valid JSON ({e})") from None
 
 
-def _fits(value: Any, kind: Any) -> bool:
-    """Whether a JSON value has the annotated type (bool is not a number here, an int is a float)."""
-    if kind is type(None):
-        return value is None
-    if kind in (int, float):
-        numbers = (int,) if kind is int else (int, float)
-        return isinstance(value, numbers) and not isinstance(value, bool)
-    return isinstance(value, kind)
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
-def _config_from(values: dict[str, Any], source: Path, out: str) -> TrainConfig:
-    fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise RunFolderError(f"{source}: unknown config keys {unknown}")
-    hints = typing.get_type_hints(TrainConfig)
-    for name, value in values.items():
-        kinds = typing.get_args(hints[name]) or (hints[name],)
-        if not any(_fits(value, kind) for kind in kinds):
-            expected = " or ".join("null" if kind is type(None) else kind.__name__ for kind in kinds)
-            raise RunFolderError(f"{source}: config key {name!r} must be {expected}, got {value!r}")
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
-            raise RunFolderError(f"{source}: config key {name!r} is out of range ({str(value)[:24]}...)")
-    values = {**values, "out": out}  # the run may have moved since it was written
-    required = [name for name, field in fields.items() if field.default is dataclasses.MISSING]
-    missing = [name for name in required if name not in values]
-    if missing:
-        raise RunFolderError(f"{source}: config lacks {missing}")
-    try:
-        return TrainConfig(**values)
-    except TrainError as e:
-        raise RunFolderError(f"{source}: {e}") from None
+@dataclass
+class LoadedRun:
+    """A finished run, loaded: its config, preprocessing spec, trained module (eval mode; calling it gives the logit
+    of "fake") and config.json record."""
+
+    config: TrainConfig
+    spec: PreprocessSpec
+    model: nn.Module
+    record: dict[str, Any]
 
 
 class RunFolder:
@@ -222,7 +154,10 @@ class RunFolder:
 
     # config.json
 
-    def write_record(self, record: dict[str, Any]) -> None:
+    def write_record(self, config: TrainConfig, spec: PreprocessSpec, provenance: dict[str, Any]) -> None:
+        """config.json of a new run: its config (as `TrainConfig.to_dict` nests it), spec and provenance."""
+        record = {"format": CONFIG_FORMAT, "config": config.to_dict(), "preprocess": spec.to_dict(),
+                  "provenance": provenance}
         _atomic_write_text(self.config_file, json.dumps(record, indent=2))
 
     def read_record(self) -> dict[str, Any]:
@@ -237,9 +172,26 @@ class RunFolder:
                 raise RunFolderError(f"{self.config_file}: {key!r} must be an object")
         return record
 
+    def is_legacy(self) -> bool:
+        """Whether config.json was written before settings were nested (``format`` 2)."""
+        return "format" not in self.read_record()
+
     def read_config(self) -> TrainConfig:
-        """The run's `TrainConfig`, every key known and of its declared type; ``out`` is this folder."""
-        return _config_from(self.read_record()["config"], self.config_file, str(self.path))
+        """The run's `TrainConfig`, every key known and of its declared type; ``out`` is this folder.
+
+        A run written before ``format`` 2 is read with the behaviour it was trained with (`legacy_config`).
+        """
+        record = self.read_record()
+        version = record.get("format")
+        try:
+            if version is None:
+                return legacy_config(record["config"], self.config_file, out=str(self.path))
+            if version != CONFIG_FORMAT:
+                raise RunFolderError(f"{self.config_file}: format {version!r} is not one this dgs reads "
+                                     f"({CONFIG_FORMAT}); it was written by a newer dgs")
+            return TrainConfig.from_dict(record["config"], self.config_file, out=str(self.path))
+        except ConfigError as e:
+            raise RunFolderError(str(e)) from None
 
     def read_preprocess(self) -> PreprocessSpec:
         record = self.read_record()
@@ -250,13 +202,59 @@ class RunFolder:
         except (DgsError, ValueError, TypeError) as e:
             raise RunFolderError(f"{self.config_file}: bad preprocessing spec ({e})") from None
 
+    # backbone.safetensors, model.safetensors
+
+    def create_backbone(self, config: TrainConfig, device: str | torch.device = "cpu", saved: bool = True) -> nn.Module:
+        """The run's open_clip model. A randomly initialised one (``--pretrained none``) cannot be rebuilt from its
+        name: unless ``saved`` is False (a new run, which then calls `keep_backbone`), it is read back from
+        backbone.safetensors.
+
+        Raises:
+            TrainError: the architecture or weights cannot be had.
+            RunFolderError: backbone.safetensors is missing or does not fit.
+        """
+        clip = create_clip(config.arch, config.pretrained, device=str(device), quick_gelu=config.quick_gelu)
+        if saved and str(config.pretrained).lower() == "none":
+            clip.load_state_dict(read_tensors(self.backbone_file, expected=clip.state_dict()))
+        return clip
+
+    def keep_backbone(self, config: TrainConfig, clip: nn.Module) -> None:
+        """backbone.safetensors of a new run whose backbone was randomly initialised."""
+        if str(config.pretrained).lower() == "none":
+            atomic_save({k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}, self.backbone_file)
+
+    def load(self, device: str | torch.device = "cpu") -> LoadedRun:
+        """The finished run: its last stage's module with the trained tensors of model.safetensors.
+
+        Raises:
+            RunFolderError: the folder is not a finished run, or one of its files is damaged (the message names it).
+        """
+        self.check_finished()
+        record = self.read_record()
+        config = self.read_config()
+        spec = self.read_preprocess()
+        try:
+            clip = self.create_backbone(config, device)
+        except RunFolderError:
+            raise
+        except DgsError as e:
+            raise RunFolderError(f"{self.config_file}: {e}") from None
+        method = config.method_runner()
+        module = method.build(method.stages()[-1].name, MethodContext(clip, config.arch, self.probe_file))
+        load_trained_state(module, read_tensors(self.model_file), str(self.model_file))
+        return LoadedRun(config, spec, module.to(device).eval(), record)
+
+    def save_model(self, module: nn.Module) -> None:
+        """model.safetensors: the trained tensors of the finished run."""
+        atomic_save(trained_state(module), self.model_file)
+
     # checkpoints/last.safetensors
 
-    def read_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, int], dict[str, str]]:
+    def read_checkpoint(self) -> tuple[dict[str, torch.Tensor], Position, dict[str, str]]:
         """Tensors, position and metadata (optimizer ``param_groups``, ``schedule`` when there is one) of the
         checkpoint `save_checkpoint` wrote."""
         path = self.checkpoint_file
-        tensors, metadata = _open_safetensors(path)
+        tensors, metadata = open_safetensors(path)
         try:
             position = _loads(metadata["position"])
             _loads(metadata["param_groups"])
@@ -265,15 +263,14 @@ class RunFolder:
         except (KeyError, json.JSONDecodeError) as e:
             raise RunFolderError(f"{path}: not a checkpoint of dgs train (its metadata lacks or garbles {e})") from None
         keys = ("stage", "epoch", "batch", "step")
-        if not (isinstance(position, dict) and all(_fits(position.get(k), int) and 0 <= position[k] < 2**63
-                                                   for k in keys)):
+        if not (isinstance(position, dict) and all(_is_count(position.get(k)) for k in keys)):
             raise RunFolderError(f"{path}: position must give {', '.join(keys)} as counts, got {position!r}")
         rng = tensors.get("rng.torch")
         if rng is None or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
             raise RunFolderError(f"{path}: the random state rng.torch is missing or malformed")
         if "rng.cuda" in tensors and (tensors["rng.cuda"].dtype != torch.uint8 or tensors["rng.cuda"].dim() != 1):
             raise RunFolderError(f"{path}: the random state rng.cuda is malformed")
-        return tensors, {k: position[k] for k in keys}, metadata
+        return tensors, Position(**{k: position[k] for k in keys}), metadata
 
     # calibration.json
 
@@ -285,7 +282,8 @@ class RunFolder:
         if not isinstance(record, dict) or "threshold" not in record:
             raise RunFolderError(f"{self.calibration_file}: expected a JSON object with a 'threshold'")
         value = record["threshold"]
-        if not (_fits(value, float) and 0 <= value <= 1 and math.isfinite(value)):  # a huge int has no float
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number and 0 <= value <= 1 and math.isfinite(value)):  # a huge int has no float
             raise RunFolderError(f"{self.calibration_file}: threshold must be a number from 0 to 1, got {value!r} "
                                  "(calibrate again with dgs eval --calibrate, or delete the file)")
         return float(value), "calibrated"

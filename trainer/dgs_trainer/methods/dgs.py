@@ -14,16 +14,23 @@ encoder's embedding, t the frozen text embedding of each image's caption (all pr
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..captions import load_captions
+from ..checkpoint import atomic_save, load_head, trained_state
+from ..errors import TrainError
 from ..lora import LoRAConfig, apply_lora, lora_parameters, merged_copy
 from ..models import ClipImageDetector
+from .base import AdamOptions, MethodContext, Stage, help_of
+from .lora import check_lora_blocks, lora_description
+from .probe import LinearProbe
 
-__all__ = ["DGSLosses", "DGSNet", "project_off"]
+__all__ = ["DGSConfig", "DGSLosses", "DGSMethod", "DGSNet", "project_off"]
 
 
 def project_off(grad: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
@@ -116,3 +123,69 @@ class DGSNet(nn.Module):
     def inference_model(self) -> ClipImageDetector:
         """The deployable network: the student with LoRA merged into its weights and img_fc as head."""
         return ClipImageDetector.from_parts(merged_copy(self.student), self.img_fc)
+
+
+@dataclass(frozen=True)
+class DGSConfig(AdamOptions):
+    """DGS-Net's published settings: a linear probe on the frozen encoder for 3 epochs, then one epoch of LoRA
+    (r = alpha = 6, scaled by alpha/sqrt(r), dropout 0.8 on q, k and v of every vision block) with gradient
+    surgery at lambda = 0.2; Adam at a constant 1e-4 in both stages."""
+
+    probe_epochs: int = field(default=3, metadata=help_of("DGS-Net: epochs of stage 1, the linear probe on the "
+                                                          "frozen encoder whose gradient guides stage 2."))
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    help_weight: float = field(default=0.2, metadata=help_of("DGS-Net: lambda, the weight of the prior-alignment "
+                                                             "loss L_help."))
+    captions: str | None = field(default=None, metadata=help_of(
+        "DGS-Net: JSON file mapping image paths to captions for the text branch (write one with dgs caption); "
+        "every readable training image needs one."))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.probe_epochs < 1:
+            raise ValueError(f"probe_epochs must be at least 1, got {self.probe_epochs}")
+
+
+class DGSMethod:
+    """DGS-Net: a linear probe on the frozen encoder, then LoRA trained with distillation-guided gradient surgery."""
+
+    name = "dgs"
+    summary = "DGS-Net: probe, then LoRA with gradient surgery"
+    options_type = DGSConfig
+    preprocess = "patch-select"
+    small_images = "pad"
+
+    def __init__(self, options: DGSConfig) -> None:
+        self.options = options
+        self._caption_tokens: torch.Tensor | None = None
+
+    def stages(self) -> list[Stage]:
+        return [Stage("probe", self.options.probe_epochs), Stage("dgs", self.options.epochs)]
+
+    def prepare(self, context: MethodContext) -> None:
+        import open_clip
+
+        check_lora_blocks(self.options.lora, context)
+        if self.options.captions is None:
+            raise TrainError("DGS-Net's text branch needs a caption for every training image: write them with "
+                             "dgs caption DATA --out captions.json, then train with --captions captions.json")
+        captions = load_captions(context.samples, context.data_root, self.options.captions)
+        self._caption_tokens = open_clip.get_tokenizer(context.arch)(captions)  # [N, context length]
+
+    def build(self, stage: str, context: MethodContext) -> nn.Module:
+        visual = context.clip.visual
+        if stage == "probe":
+            return LinearProbe(visual, visual.output_dim)
+        probe_head = load_head(context.probe_file, visual.output_dim)
+        tokens = self._caption_tokens if context.samples is not None else None
+        return DGSNet(context.clip, probe_head, self.options.lora, self.options.help_weight, tokens)
+
+    def optimizer(self, stage: str, module: nn.Module, steps_per_epoch: int, epochs: int):
+        return self.options.adam(module)
+
+    def stage_finished(self, stage: str, module: nn.Module, context: MethodContext) -> None:
+        if stage == "probe":  # stage 2's frozen probe_fc
+            atomic_save(trained_state(module), context.probe_file)
+
+    def describe(self) -> dict[str, Any]:
+        return lora_description(self.options.lora)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import TrainError
 from ..lora import LoRAConfig, apply_lora, lora_parameters, merged_copy
 from ..models import ClipImageDetector
+from .base import AdamOptions, MethodContext, Stage
 
-__all__ = ["LoRAClassifier"]
+__all__ = ["LoRAClassifier", "LoRAClassifierConfig", "LoRAMethod", "check_lora_blocks", "lora_description"]
 
 
 class LoRAClassifier(nn.Module):
@@ -35,3 +39,55 @@ class LoRAClassifier(nn.Module):
 
     def inference_model(self) -> ClipImageDetector:
         return ClipImageDetector.from_parts(merged_copy(self.student), self.img_fc)
+
+
+@dataclass(frozen=True)
+class LoRAClassifierConfig(AdamOptions):
+    """LoRA + head: DGS-Net's LoRA and optimizer settings, one epoch."""
+
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+
+
+def check_lora_blocks(lora: LoRAConfig, context: MethodContext) -> None:
+    """Refuse, before training starts, LoRA blocks that the run's encoder does not have."""
+    blocks = len(context.clip.visual.transformer.resblocks)
+    for index in lora.blocks or ():
+        if not -blocks <= index < blocks:
+            raise TrainError(f"--lora-blocks: block {index} does not exist ({context.arch} has {blocks} vision blocks)")
+
+
+def lora_description(lora: LoRAConfig) -> dict[str, Any]:
+    """A LoRA-merged encoder's entries in a model package's ``architecture``."""
+    return {"head": "linear", "lora_merged": True, "lora_rank": lora.rank, "lora_alpha": lora.alpha,
+            "lora_scaling": getattr(lora, "scaling", "linear")}
+
+
+class LoRAMethod:
+    """LoRA on q, k, v of the image encoder and a linear head, plain BCE (DGS-Net's ablation without surgery)."""
+
+    name = "lora"
+    summary = "LoRA + linear head, BCE (DGS-Net without surgery)"
+    options_type = LoRAClassifierConfig
+    preprocess = "patch-select"
+    small_images = "pad"
+
+    def __init__(self, options: LoRAClassifierConfig) -> None:
+        self.options = options
+
+    def stages(self) -> list[Stage]:
+        return [Stage("lora", self.options.epochs)]
+
+    def prepare(self, context: MethodContext) -> None:
+        check_lora_blocks(self.options.lora, context)
+
+    def build(self, stage: str, context: MethodContext) -> LoRAClassifier:
+        return LoRAClassifier(context.clip.visual, self.options.lora)
+
+    def optimizer(self, stage: str, module: nn.Module, steps_per_epoch: int, epochs: int):
+        return self.options.adam(module)
+
+    def stage_finished(self, stage: str, module: nn.Module, context: MethodContext) -> None:
+        pass
+
+    def describe(self) -> dict[str, Any]:
+        return lora_description(self.options.lora)

@@ -24,19 +24,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer, text_global_pool
 from torch import nn
 
+from ..errors import TrainError
+from .base import MethodContext, Stage, help_of
+
 __all__ = [
     "CLASS_NAMES",
     "MemoryBank",
     "MiraGe",
     "MiraGeConfig",
+    "MiraGeMethod",
+    "PromptConfig",
     "PromptedImageDetector",
     "PromptLearner",
     "discriminative_loss",
@@ -49,25 +55,56 @@ CLASS_NAMES = ("real", "fake")  # class index = label: 0 real, 1 fake
 
 
 @dataclass(frozen=True)
-class MiraGeConfig:
-    """MiraGe's settings; defaults are the paper's (prompt depth 9, 2 context tokens, M = 64, tau = 0.07,
-    alpha = 0.1). Ablations: ``depth=1`` (shallow prompts), ``dis_weight=0`` (no L_dis), ``memory_size=0``
-    (no memory bank)."""
+class PromptConfig:
+    """The shape of MiraGe's coupled prompts."""
 
-    tokens: int = 2
-    depth: int = 9
-    context: str = "a photo of a"
-    dis_weight: float = 0.1
-    memory_size: int = 64
-    temperature: float = 0.07
+    tokens: int = field(default=2, metadata=help_of("MiraGe: learnable context tokens per prompted layer."))
+    depth: int = field(default=9, metadata=help_of("MiraGe: layers that receive prompts (1 = shallow prompts only, "
+                                                   "the ablation)."))
+    context: str = field(default="a photo of a", metadata=help_of(
+        "MiraGe: phrase whose first words initialise the layer-0 text context."))
 
     def __post_init__(self) -> None:
         if self.tokens < 1 or self.depth < 1:
             raise ValueError(f"prompt tokens and depth must be at least 1, got {self.tokens} and {self.depth}")
+
+
+@dataclass(frozen=True)
+class MiraGeConfig:
+    """MiraGe's settings. Prompt and loss defaults are the paper's (prompt depth 9, 2 context tokens, M = 64,
+    tau = 0.07, alpha = 0.1). The optimizer is MaPLe's ViT-B/16 recipe, on which the paper builds and whose
+    settings it does not restate: SGD with momentum, 5 epochs, one constant warm-up epoch at 1e-5, then cosine
+    annealing. Ablations: ``prompt.depth=1`` (shallow prompts), ``dis_weight=0`` (no L_dis), ``memory_size=0``
+    (no memory bank)."""
+
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    dis_weight: float = field(default=0.1, metadata=help_of(
+        "MiraGe: alpha, weight of the discriminative loss L_dis (0 = CE only, the ablation)."))
+    memory_size: int = field(default=64, metadata=help_of(
+        "MiraGe: embeddings in the FIFO memory bank of L_dis (0 = no memory bank, the ablation)."))
+    temperature: float = field(default=0.07, metadata=help_of("MiraGe: temperature tau of L_dis."))
+    epochs: int = field(default=5, metadata=help_of("Epochs of the method's own stage."))
+    lr: float = field(default=3.5e-3, metadata=help_of("Learning rate."))
+    momentum: float = field(default=0.9, metadata=help_of("MiraGe: SGD momentum."))
+    weight_decay: float = field(default=5e-4, metadata=help_of("MiraGe: SGD weight decay."))
+    warmup_epochs: int = field(default=1, metadata=help_of(
+        "MiraGe: epochs at --warmup-lr before the cosine schedule starts."))
+    warmup_lr: float = field(default=1e-5, metadata=help_of("MiraGe: constant learning rate of the warm-up epochs."))
+
+    def __post_init__(self) -> None:
         if self.memory_size < 0 or self.dis_weight < 0:
             raise ValueError(f"memory size and dis weight cannot be negative: {self.memory_size}, {self.dis_weight}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.epochs < 1 or not self.lr > 0:
+            raise ValueError(f"epochs must be at least 1 and lr positive, got {self.epochs} and {self.lr}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup_epochs must be at least 0 and fewer than the {self.epochs} training epochs, "
+                             f"got {self.warmup_epochs}")
+        if not 0 <= self.warmup_lr <= self.lr:
+            raise ValueError(f"warmup_lr must be between 0 and lr ({self.lr}), got {self.warmup_lr}")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("weight_decay cannot be negative and momentum must be in [0, 1)")
 
 
 def _text_tower(clip: nn.Module) -> SimpleNamespace:
@@ -238,17 +275,18 @@ class MiraGe(nn.Module):
         self.config = config
         text = _text_tower(clip)
         text_layers, vision_layers = len(text.transformer.resblocks), len(clip.visual.transformer.resblocks)
-        if config.depth > min(text_layers, vision_layers):
+        depth = config.prompt.depth
+        if depth > min(text_layers, vision_layers):
             raise ValueError(
-                f"prompt depth {config.depth} exceeds the encoder's layers ({text_layers} text, {vision_layers} "
+                f"prompt depth {depth} exceeds the encoder's layers ({text_layers} text, {vision_layers} "
                 f"vision); use a depth of at most {min(text_layers, vision_layers)}"
             )
-        n = config.tokens
+        n, context = config.prompt.tokens, config.prompt.context
         # Tokens 1..n of each class prompt are the learnable context; the context phrase is padded with
         # placeholder words when it is shorter, and its words after the n-th stay as fixed text (MaPLe's rule).
-        words = len(tokenizer([config.context])[0].nonzero()) - 2 if config.context.strip() else 0
+        words = len(tokenizer([context])[0].nonzero()) - 2 if context.strip() else 0
         placeholders = max(n - words, 0)
-        phrase = " ".join(["X"] * placeholders + ([config.context.strip()] if words else []))
+        phrase = " ".join(["X"] * placeholders + ([context.strip()] if words else []))
         tokens = tokenizer([f"{phrase} {name}." for name in CLASS_NAMES])  # [2, T]
         with torch.no_grad():
             embedded = text.token_embedding(tokens.to(text.positional_embedding.device))  # [2, T, text_width]
@@ -256,7 +294,7 @@ class MiraGe(nn.Module):
         init[:placeholders] = torch.randn(placeholders, init.shape[1], device=init.device) * 0.02
         self.register_buffer("class_tokens", tokens, persistent=False)
         self.register_buffer("class_embeddings", embedded, persistent=False)
-        self.prompts = PromptLearner(embedded.shape[-1], clip.visual.transformer.width, init, config.depth)
+        self.prompts = PromptLearner(embedded.shape[-1], clip.visual.transformer.width, init, depth)
         self.memory = MemoryBank(config.memory_size, clip.visual.output_dim)
 
     def train(self, mode: bool = True) -> MiraGe:
@@ -270,7 +308,7 @@ class MiraGe(nn.Module):
     def anchors(self) -> torch.Tensor:
         """``[2, D]``: normalised text embeddings of the "real" and "fake" class prompts."""
         text = _text_tower(self.clip)
-        n, context = self.config.tokens, self.prompts.text_prompts()  # [depth, n, text_width]
+        n, context = self.config.prompt.tokens, self.prompts.text_prompts()  # [depth, n, text_width]
         cast = text.transformer.get_cast_dtype() if hasattr(text.transformer, "get_cast_dtype") else torch.float32
         embedded = self.class_embeddings.to(cast)
         x = torch.cat([embedded[:, :1], context[0].to(cast).expand(2, -1, -1), embedded[:, 1 + n :]], dim=1)
@@ -346,3 +384,51 @@ class PromptedImageDetector(nn.Module):
         h = F.normalize(prompted_image_features(self.visual, images, self.prompts), dim=-1)  # [B, D]
         logits = h @ self.anchors.T  # [B, 2]
         return logits[:, 1] - logits[:, 0]
+
+
+class MiraGeMethod:
+    """MiraGe: multimodal deep prompts on a frozen CLIP, CE + supervised contrastive loss on text anchors."""
+
+    name = "mirage"
+    summary = "multimodal deep prompts, CE + supervised contrastive loss"
+    options_type = MiraGeConfig
+    preprocess = "clip"
+    small_images = "resize"
+
+    def __init__(self, options: MiraGeConfig) -> None:
+        self.options = options
+
+    def stages(self) -> list[Stage]:
+        return [Stage("mirage", self.options.epochs)]
+
+    def prepare(self, context: MethodContext) -> None:
+        pass
+
+    def build(self, stage: str, context: MethodContext) -> MiraGe:
+        import open_clip
+
+        try:
+            return MiraGe(context.clip, open_clip.get_tokenizer(context.arch), self.options)
+        except ValueError as e:
+            raise TrainError(f"{context.arch}: {e}") from None
+
+    def optimizer(self, stage: str, module: nn.Module, steps_per_epoch: int, epochs: int):
+        """SGD with momentum and weight decay: ``warmup_epochs`` at ``warmup_lr``, then cosine annealing to zero."""
+        options = self.options
+        optimizer = torch.optim.SGD(module.trainable_parameters(), lr=options.lr, momentum=options.momentum,
+                                    weight_decay=options.weight_decay)
+        schedulers = torch.optim.lr_scheduler
+        warmup, total = options.warmup_epochs * steps_per_epoch, epochs * steps_per_epoch
+        if warmup == 0:
+            return optimizer, schedulers.CosineAnnealingLR(optimizer, T_max=total)
+        constant = schedulers.ConstantLR(optimizer, factor=options.warmup_lr / options.lr, total_iters=warmup)
+        cosine = schedulers.CosineAnnealingLR(optimizer, T_max=total - warmup)
+        return optimizer, schedulers.SequentialLR(optimizer, [constant, cosine], milestones=[warmup])
+
+    def stage_finished(self, stage: str, module: nn.Module, context: MethodContext) -> None:
+        pass
+
+    def describe(self) -> dict[str, Any]:
+        # The text branch is folded into a constant 2 x D anchor matrix.
+        return {"head": "text anchors (real, fake)", "lora_merged": False,
+                "prompt_tokens": self.options.prompt.tokens, "prompt_depth": self.options.prompt.depth}

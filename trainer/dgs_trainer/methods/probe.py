@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
 from torch import nn
 
 from ..models import ClipImageDetector
+from .base import AdamOptions, MethodContext, Stage, help_of
 
-__all__ = ["LinearProbe"]
+__all__ = ["LinearProbe", "ProbeConfig", "ProbeMethod"]
 
 
 class LinearProbe(ClipImageDetector):
@@ -36,3 +40,41 @@ class LinearProbe(ClipImageDetector):
 
     def inference_model(self) -> ClipImageDetector:
         return ClipImageDetector.from_parts(self.visual, self.head)
+
+
+@dataclass(frozen=True)
+class ProbeConfig(AdamOptions):
+    """The linear probe's settings: DGS-Net's stage-1 schedule (Adam at 1e-4, 3 epochs)."""
+
+    epochs: int = field(default=3, metadata=help_of("Epochs of the method's own stage."))
+
+
+class ProbeMethod:
+    """UniversalFakeDetect's baseline: a linear head on frozen CLIP image features."""
+
+    name = "probe"
+    summary = "linear probe on frozen CLIP features"
+    options_type = ProbeConfig
+    preprocess = "patch-select"
+    small_images = "pad"
+
+    def __init__(self, options: ProbeConfig) -> None:
+        self.options = options
+
+    def stages(self) -> list[Stage]:
+        return [Stage("probe", self.options.epochs)]
+
+    def prepare(self, context: MethodContext) -> None:
+        pass
+
+    def build(self, stage: str, context: MethodContext) -> LinearProbe:
+        return LinearProbe(context.clip.visual, context.clip.visual.output_dim)
+
+    def optimizer(self, stage: str, module: nn.Module, steps_per_epoch: int, epochs: int):
+        return self.options.adam(module)
+
+    def stage_finished(self, stage: str, module: nn.Module, context: MethodContext) -> None:
+        pass
+
+    def describe(self) -> dict[str, Any]:
+        return {"head": "linear", "lora_merged": False}
