@@ -9,10 +9,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import mean_graph
-from dgs_sdk import Manifest, ModelPackage, ModelPackageError, PreprocessSpec, write_package
+from dgs_sdk import Manifest, ModelPackage, ModelPackageError, PreprocessSpec, preprocess, write_package
 from dgs_sdk.package import FORMAT_VERSION, MANIFEST_NAME, sha256_hex
 
 GRAPH = mean_graph(size=224)
@@ -77,6 +78,7 @@ def test_round_trip_keeps_every_field_and_checksums(tmp_path):
         (lambda p: rewrite(p, lambda m: m.update(threshold=1.5)), "not a probability"),
         (lambda p: rewrite(p, lambda m: m["preprocess"].update(transform="warp")), "transform 'warp' is unknown"),
         (lambda p: rewrite(p, lambda m: m.pop("preprocess")), "'preprocess' is missing"),
+        (lambda p: rewrite(p, lambda m: m["preprocess"].update(small_images="crop")), "small_images 'crop' is unknown"),
         (lambda p: rewrite(p, lambda m: m["files"].pop("model.onnx")), "no checksum for model file"),
         (lambda p: p.write_bytes(b"PK\x03\x04 but not really a zip"), "not a zip file"),
         (lambda p: p.write_text("<html>hello</html>"), "not a zip file"),
@@ -88,6 +90,25 @@ def test_damaged_packages_give_clear_errors(tmp_path, damage, message):
     with pytest.raises(ModelPackageError, match=message) as info:
         ModelPackage.load(path)
     assert str(path) in str(info.value)
+
+
+def test_small_image_policy_travels_in_the_manifest(tmp_path, photos):
+    from dgs_sdk import Detector
+
+    spec = PreprocessSpec.patch_select(small_images="pad")
+    path = write_package(tmp_path / "pad.dgs", Manifest(preprocess=spec), {"model.onnx": GRAPH})
+    assert json.loads(zipfile.ZipFile(path).read(MANIFEST_NAME))["preprocess"]["small_images"] == "pad"
+    assert ModelPackage.load(path).manifest.preprocess == spec
+    # The detector applies it: an image under one patch is an error row, one under 224 px is scored unresized.
+    image = np.ascontiguousarray(photos["rocket"][:128, :128])
+    thin, small = Detector(path).predict([photos["rocket"][:20, :300], image])
+    assert not thin.ok and "smaller than one 32x32 patch" in thin.error
+    # The graph's logit is the mean of its input: that of the padded mosaic, not of the resized one.
+    assert small.logit == pytest.approx(float(preprocess(image, spec).mean()), rel=1e-5)
+    assert small.logit != pytest.approx(float(preprocess(image, PreprocessSpec.patch_select()).mean()), rel=1e-3)
+    # A package written before the field existed keeps the resizing it was made with.
+    rewrite(path, lambda m: m["preprocess"].pop("small_images"))
+    assert ModelPackage.load(path).manifest.preprocess == PreprocessSpec.patch_select()
 
 
 def test_missing_path_and_directory(tmp_path):

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from dgs_sdk import ImageTooSmall, UnreadableImage
 from dgs_sdk.preprocess import (
     CLIP_STD,
     PreprocessSpec,
@@ -208,6 +209,10 @@ def test_spec_round_trips_and_rejects_bad_values():
         ("patch_size", "32", "patch_size must be an integer"),
         ("transform", ["clip"], "transform"),
         ("interpolation", "nearest", "interpolation"),
+        ("small_images", "crop", "small_images 'crop' is unknown"),
+        ("small_images", None, "small_images None is unknown"),
+        ("small_images", ["pad"], "small_images"),
+        ("small_images", "PAD", "small_images 'PAD' is unknown"),
     ],
 )
 def test_spec_from_a_manifest_has_exact_types_and_sane_values(field, value, message):
@@ -215,3 +220,51 @@ def test_spec_from_a_manifest_has_exact_types_and_sane_values(field, value, mess
     d[field] = value
     with pytest.raises(ValueError, match=message):
         PreprocessSpec.from_dict(d)
+
+
+def test_small_images_policy_is_part_of_the_spec():
+    pad = PreprocessSpec.patch_select(small_images="pad")
+    assert PreprocessSpec.patch_select().small_images == "resize"
+    assert pad.to_dict()["small_images"] == "pad"
+    assert PreprocessSpec.patch_select().to_dict()["small_images"] == "resize"
+    assert PreprocessSpec.from_dict(pad.to_dict()) == pad != PreprocessSpec.patch_select()
+    # A spec written before the field existed keeps the behaviour it was trained with.
+    old = PreprocessSpec.patch_select().to_dict()
+    del old["small_images"]
+    assert PreprocessSpec.from_dict(old).small_images == "resize"
+    # Only patch-select has patches to pad.
+    assert "small_images" not in PreprocessSpec.clip().to_dict()
+    with pytest.raises(ValueError, match="small_images 'pad' applies to patch-select only"):
+        PreprocessSpec(transform="clip", small_images="pad")
+    with pytest.raises(ValueError, match="small_images 'crop' is unknown"):
+        PreprocessSpec.patch_select(small_images="crop")
+
+
+def test_pad_changes_nothing_for_images_with_enough_patches(photos):
+    resize, pad = PreprocessSpec.patch_select(), PreprocessSpec.patch_select(small_images="pad")
+    for name, image in photo_variants(photos):
+        np.testing.assert_array_equal(select_patches(image, pad), select_patches(image, resize), err_msg=name)
+    image = photos["coffee"]
+    np.testing.assert_array_equal(select_patches(image, pad, np.random.default_rng(5)),
+                                  select_patches(image, resize, np.random.default_rng(5)))
+
+
+def test_pad_keeps_small_images_at_their_size(photos):
+    pad = PreprocessSpec.patch_select(small_images="pad")
+    small = photos["coffee"][:150, :200]  # 4 x 6 = 24 patches
+    mosaic = select_patches(small, pad)
+    tiles = mosaic.reshape(7, PATCH, 7, PATCH, 3).swapaxes(1, 2).reshape(49, PATCH, PATCH, 3)
+    patches = small[:128, :192].reshape(4, PATCH, 6, PATCH, 3).swapaxes(1, 2).reshape(24, PATCH, PATCH, 3)
+    # All 24 patches twice (once as "low", once as "high" entropy), then one black tile: nothing was resized.
+    assert sorted(map(bytes, tiles[:48])) == sorted(map(bytes, np.concatenate([patches, patches])))
+    assert not tiles[48].any() and all(tile.any() for tile in tiles[:48])
+    assert not np.array_equal(mosaic, select_patches(small, PreprocessSpec.patch_select()))
+
+
+@pytest.mark.parametrize("shape", [(20, 300), (300, 31), (8, 8)])
+def test_pad_refuses_images_smaller_than_one_patch(photos, shape):
+    image = np.ascontiguousarray(photos["rocket"][: shape[0], : shape[1]])
+    with pytest.raises(ImageTooSmall, match=f"a {shape[1]}x{shape[0]} image is smaller than one 32x32 patch"):
+        select_patches(image, PreprocessSpec.patch_select(small_images="pad"))
+    assert issubclass(ImageTooSmall, UnreadableImage)  # callers that skip unreadable images skip these too
+    assert select_patches(image, PreprocessSpec.patch_select()).shape == (224, 224, 3)  # "resize" upscales them

@@ -17,7 +17,14 @@ _os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(_MAX_PIXELS))
 _os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
 
 from .detector import Detector, Prediction  # noqa: E402
-from .errors import BackendUnavailable, DgsError, ImageTooLarge, ModelPackageError, UnreadableImage  # noqa: E402
+from .errors import (  # noqa: E402
+    BackendUnavailable,
+    DgsError,
+    ImageTooLarge,
+    ImageTooSmall,
+    ModelPackageError,
+    UnreadableImage,
+)
 from .package import Manifest, ModelPackage, write_package  # noqa: E402
 from .preprocess import PreprocessSpec, preprocess, preprocess_batch  # noqa: E402
 
@@ -38,6 +45,7 @@ __all__ = [
     "DgsError",
     "UnreadableImage",
     "ImageTooLarge",
+    "ImageTooSmall",
     "ModelPackageError",
     "BackendUnavailable",
     "__version__",

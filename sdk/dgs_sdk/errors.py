@@ -6,6 +6,7 @@ __all__ = [
     "DgsError",
     "UnreadableImage",
     "ImageTooLarge",
+    "ImageTooSmall",
     "ModelPackageError",
     "BackendUnavailable",
 ]
@@ -21,6 +22,10 @@ class UnreadableImage(DgsError):
 
 class ImageTooLarge(UnreadableImage):
     """An image declares more pixels than the decoder accepts (a decompression bomb, or simply too big)."""
+
+
+class ImageTooSmall(UnreadableImage):
+    """An image too small for the model's preprocessing (under one patch in a dimension, for ``pad``)."""
 
 
 class ModelPackageError(DgsError):

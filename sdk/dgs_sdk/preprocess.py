@@ -6,7 +6,9 @@ stored in the model package. Two transforms exist:
 
 - ``clip``: shortest side resized to ``size`` (bicubic), centre crop ``size`` x ``size``, CLIP mean/std.
 - ``patch-select`` (DGS-Net's input): the image is cut into ``patch_size`` patches; the lowest- and highest-
-  spectral-entropy patches are stitched into a ``grid`` x ``grid`` mosaic, ImageNet mean/std.
+  spectral-entropy patches are stitched into a ``grid`` x ``grid`` mosaic, ImageNet mean/std. An image with
+  fewer patches than the mosaic has tiles is either resized first (``small_images="resize"``) or used as it is,
+  its patches repeated and the rest of the mosaic black (``"pad"``, as DGS-Net's own code does).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import ImageTooLarge
+from .errors import ImageTooLarge, ImageTooSmall
 from .limits import MAX_INPUT_SIZE, MAX_PIXELS
 
 __all__ = [
@@ -50,6 +52,8 @@ MIN_PATCH_SIZE = 8
 # A smaller std would multiply pixel values by over 255,000: no real normalisation does that.
 MIN_STD = 1e-3
 TRANSFORMS = ("clip", "patch-select")
+# What patch-select does with an image that has fewer patches than the mosaic has tiles.
+SMALL_IMAGE_POLICIES = ("resize", "pad")
 # Patches per FFT call. Bands of about this many patches keep the grey values, spectra and entropy terms in
 # the CPU cache: 2-3x faster than one call over a whole 1024x1024 image, and memory stays flat on huge ones.
 _PATCHES_PER_BAND = 64
@@ -81,6 +85,10 @@ class PreprocessSpec:
         std: per-channel RGB standard deviation, on the 0..1 scale (each in [0.001, 1]).
         patch_size: side of a patch (``patch-select`` only, at least 8); ``size`` must be a multiple of it.
         interpolation: resampling used when resizing; only ``"bicubic"`` is defined.
+        small_images: ``patch-select`` only: what an image with fewer than ``grid**2`` patches gets.
+            ``"resize"``: resized so its shorter side is ``size`` first (the default, which packages written
+            before this field existed use); ``"pad"``: DGS-Net's own rule, no resizing, patches repeated and
+            black tiles (see `select_patches`).
     """
 
     transform: str = "clip"
@@ -89,6 +97,7 @@ class PreprocessSpec:
     std: tuple[float, float, float] = CLIP_STD
     patch_size: int = 32
     interpolation: str = "bicubic"
+    small_images: str = "resize"
 
     def __post_init__(self) -> None:
         # Types are exact (a manifest saying size "224" or std [0, 0, 0] is damaged, not to be guessed at) and
@@ -109,6 +118,13 @@ class PreprocessSpec:
             raise ValueError(f"preprocess interpolation {self.interpolation!r} is unknown (expected 'bicubic')")
         if self.transform == "patch-select" and self.size % self.patch_size:
             raise ValueError(f"patch-select size {self.size} is not a multiple of patch_size {self.patch_size}")
+        if not isinstance(self.small_images, str) or self.small_images not in SMALL_IMAGE_POLICIES:
+            raise ValueError(
+                f"preprocess small_images {self.small_images!r:.60} is unknown (expected one of {SMALL_IMAGE_POLICIES})"
+            )
+        if self.transform != "patch-select" and self.small_images != "resize":
+            raise ValueError(f"preprocess small_images {self.small_images!r} applies to patch-select only, not to "
+                             f"{self.transform}")
 
     @classmethod
     def clip(cls, size: int = 224) -> PreprocessSpec:
@@ -116,9 +132,16 @@ class PreprocessSpec:
         return cls(transform="clip", size=size, mean=CLIP_MEAN, std=CLIP_STD)
 
     @classmethod
-    def patch_select(cls, size: int = 224, patch_size: int = 32) -> PreprocessSpec:
-        """DGS-Net's patch selection: a 7x7 mosaic of 32x32 patches at the defaults."""
-        return cls(transform="patch-select", size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD, patch_size=patch_size)
+    def patch_select(cls, size: int = 224, patch_size: int = 32, small_images: str = "resize") -> PreprocessSpec:
+        """DGS-Net's patch selection: a 7x7 mosaic of 32x32 patches at the defaults.
+
+        Args:
+            size: side of the mosaic.
+            patch_size: side of a patch.
+            small_images: ``"resize"`` or ``"pad"`` (DGS-Net's own handling of images under ``size``).
+        """
+        return cls(transform="patch-select", size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD, patch_size=patch_size,
+                   small_images=small_images)
 
     @property
     def grid(self) -> int:
@@ -130,12 +153,16 @@ class PreprocessSpec:
         d["mean"], d["std"] = list(self.mean), list(self.std)
         if self.transform != "patch-select":
             d.pop("patch_size")
+            d.pop("small_images")
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
-        """Build a spec from a manifest's ``preprocess`` entry; unknown keys are an error, not ignored."""
-        known = {"transform", "size", "mean", "std", "patch_size", "interpolation"}
+        """Build a spec from a manifest's ``preprocess`` entry; unknown keys are an error, not ignored.
+
+        A missing ``small_images`` means ``"resize"``: the only behaviour before the field existed.
+        """
+        known = {"transform", "size", "mean", "std", "patch_size", "interpolation", "small_images"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"preprocess spec has unknown keys {sorted(unknown)} (known: {sorted(known)})")
@@ -216,16 +243,38 @@ def _patch_grid(image: np.ndarray, patch: int) -> np.ndarray:
 def select_patches(image: np.ndarray, spec: PreprocessSpec, rng: np.random.Generator | None = None) -> np.ndarray:
     """DGS-Net's patch selection of an RGB uint8 image into a ``[size, size, 3]`` uint8 mosaic.
 
-    Height and width are cropped down to multiples of ``patch_size`` (top-left region kept). An image that
-    yields fewer than ``grid**2`` patches is first resized so its shorter side is ``size`` (bicubic), which
-    guarantees enough. The ``grid**2 // 2`` lowest-entropy and the remaining highest-entropy patches are kept;
-    entropies are compared rounded to 6 decimals and ties are broken by position. Mosaic order is ascending
-    entropy (row-major), or a permutation drawn from ``rng`` when given (training-time shuffling).
+    Height and width are cropped down to multiples of ``patch_size`` (top-left region kept) and cut into N
+    patches, numbered row-major. Entropies are compared rounded to 6 decimals and ties are broken by position;
+    the ``grid**2 // 2`` lowest-entropy and the ``grid**2 - grid**2 // 2`` highest-entropy patches are kept.
+    Mosaic order is ascending entropy (row-major), or, when ``rng`` is given (training), a permutation of the
+    selected tiles drawn from it.
+
+    An image with N < ``grid**2`` patches follows ``spec.small_images``:
+
+    - ``"resize"``: the image is first resized so its shorter side is ``size`` (bicubic), which guarantees enough.
+    - ``"pad"``: DGS-Net's own rule, without resizing. The lowest min(``grid**2 // 2``, N) and the highest
+      min(``grid**2 - grid**2 // 2``, N) patches are kept, so a patch can appear twice; they fill the mosaic
+      row-major and the tiles left over stay black (0). A ``rng`` permutes the selected tiles among the first
+      slots only: black tiles stay at the end. A 128x128 image (16 patches) gives 32 tiles and 17 black ones.
+
+    Where DGS-Net's code sorts unrounded entropies with numpy's default (unstable) sort and skips the division
+    by 255 for patches whose grey values are all at most 1 (a scale change that moves their entropies by ~1e-9),
+    the two can order differently only patches whose entropies agree to about 1e-6 bits; identical patches,
+    such as all-black ones, give the same mosaic in any order.
+
+    Raises:
+        ImageTooSmall: with ``"pad"``, an image under one patch in height or width. (DGS-Net's code would make
+            an all-black mosaic of it, which says nothing about the image.)
     """
     p, grid = spec.patch_size, spec.grid
     n_keep = grid * grid
-    if (image.shape[0] // p) * (image.shape[1] // p) < n_keep:
-        image = resize_shortest_side(image, spec.size)
+    n_patches = (image.shape[0] // p) * (image.shape[1] // p)
+    if n_patches < n_keep:
+        if spec.small_images == "resize":
+            image = resize_shortest_side(image, spec.size)
+        elif n_patches == 0:
+            h, w = image.shape[:2]
+            raise ImageTooSmall(f"a {w}x{h} image is smaller than one {p}x{p} patch")
     gh, gw = image.shape[0] // p, image.shape[1] // p
     region = image[: gh * p, : gw * p]
     rows = max(1, _PATCHES_PER_BAND // gw)  # patch rows per band
@@ -236,11 +285,15 @@ def select_patches(image: np.ndarray, spec: PreprocessSpec, rng: np.random.Gener
     # Rounded to a micro-bit before ranking: flat patches differ only by rounding noise (~1e-12), which would
     # otherwise decide their order differently in every implementation. Ties then go by position.
     order = np.argsort(np.round(entropy, ENTROPY_DECIMALS), kind="stable")
-    n_low = n_keep // 2
-    chosen = np.concatenate([order[:n_low], order[len(order) - (n_keep - n_low) :]])
+    n = len(order)
+    n_low, n_high = min(n_keep // 2, n), min(n_keep - n_keep // 2, n)
+    # With N < grid**2 the two ends overlap (DGS-Net's order[:24] and order[-25:]): patches may be repeated.
+    chosen = np.concatenate([order[:n_low], order[n - n_high :]])
     if rng is not None:
         chosen = rng.permutation(chosen)
-    tiles = region.reshape(gh, p, gw, p, 3)[chosen // gw, :, chosen % gw]  # [grid * grid, P, P, 3]
+    tiles = region.reshape(gh, p, gw, p, 3)[chosen // gw, :, chosen % gw]  # [len(chosen), P, P, 3]
+    if len(chosen) < n_keep:  # "pad": the remaining tiles are black
+        tiles = np.concatenate([tiles, np.zeros((n_keep - len(chosen), p, p, 3), np.uint8)])
     mosaic = tiles.reshape(grid, grid, p, p, 3).swapaxes(1, 2)
     return mosaic.reshape(grid * p, grid * p, 3)
 

@@ -2,9 +2,11 @@
 
 open_clip's blocks use `nn.MultiheadAttention`, which packs q, k and v into one ``in_proj_weight`` ``[3D, D]``.
 `LoRAAttention` replaces such a module: it keeps the packed (frozen) weights and adds, for each chosen
-projection, a low-rank update ``B @ A * alpha / r`` fed with dropout of the input (as LoRA does), acting on
-its own third of the packed projection. `merge_lora` folds the updates into ``in_proj_weight`` and puts the
-plain `nn.MultiheadAttention` back, so export sees an ordinary CLIP encoder.
+projection, a low-rank update ``B @ A * scale`` acting on its own third of the packed projection. As in
+DGS-Net's code, where q, k and v are three separate LoRA linear layers, each projection feeds its update with
+its own dropout draw of the input, and ``scale`` is ``alpha / sqrt(r)`` (``alpha / r``, the LoRA paper's rule,
+is kept for runs that used it). `merge_lora` folds the updates into ``in_proj_weight`` and puts the plain
+`nn.MultiheadAttention` back, so export sees an ordinary CLIP encoder.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from torch import nn
 __all__ = ["LoRAConfig", "LoRAAttention", "apply_lora", "merge_lora", "merged_copy", "lora_parameters"]
 
 PROJECTIONS = ("q", "k", "v")
+# How alpha and r give the update's scale: DGS-Net's alpha / sqrt(r), or the LoRA paper's alpha / r.
+SCALINGS = ("sqrt", "linear")
 
 
 @dataclass(frozen=True)
@@ -29,10 +33,12 @@ class LoRAConfig:
 
     Attributes:
         rank: r, the rank of each update.
-        alpha: scale numerator; the update is multiplied by ``alpha / rank``.
-        dropout: dropout probability on the input of the low-rank path.
+        alpha: scale numerator; the update is multiplied by `scale`.
+        dropout: dropout probability on the input of the low-rank path (drawn separately for q, k and v).
         targets: which of q, k, v get an update.
         blocks: indices of the vision blocks to adapt; None adapts all of them.
+        scaling: ``"sqrt"`` scales updates by ``alpha / sqrt(rank)`` (DGS-Net's rule: 2.449 at rank = alpha = 6);
+            ``"linear"`` by ``alpha / rank`` (the LoRA paper's rule, which earlier dgs runs used).
     """
 
     rank: int = 6
@@ -40,6 +46,7 @@ class LoRAConfig:
     dropout: float = 0.8
     targets: tuple[str, ...] = PROJECTIONS
     blocks: tuple[int, ...] | None = None
+    scaling: str = "sqrt"
 
     def __post_init__(self) -> None:
         if self.rank < 1:
@@ -49,6 +56,15 @@ class LoRAConfig:
         unknown = set(self.targets) - set(PROJECTIONS)
         if unknown or not self.targets:
             raise ValueError(f"LoRA targets must be a non-empty subset of q, k, v; got {self.targets}")
+        if not isinstance(self.scaling, str) or self.scaling not in SCALINGS:
+            raise ValueError(
+                f"LoRA scaling must be 'sqrt' (alpha / sqrt(r)) or 'linear' (alpha / r), got {self.scaling!r}"
+            )
+
+    @property
+    def scale(self) -> float:
+        """The factor applied to every update ``B @ A``."""
+        return self.alpha / (math.sqrt(self.rank) if self.scaling == "sqrt" else self.rank)
 
 
 class LoRAAttention(nn.Module):
@@ -60,7 +76,7 @@ class LoRAAttention(nn.Module):
             raise ValueError("LoRA needs attention with packed q, k, v projections (in_proj_weight)")
         self.base = base
         self.config = config
-        self.scaling = config.alpha / config.rank
+        self.scaling = config.scale
         self.dropout = nn.Dropout(config.dropout)
         dim = base.embed_dim
         self.lora_A = nn.ParameterDict()
@@ -91,8 +107,12 @@ class LoRAAttention(nn.Module):
         x = query if base.batch_first else query.transpose(0, 1)  # [B, N, D]
         qkv = F.linear(x, base.in_proj_weight, base.in_proj_bias)  # [B, N, 3D]
         q, k, v = qkv.chunk(3, dim=-1)
-        lora_in = self.dropout(x)
-        updates = {name: (lora_in @ self.lora_A[name].T) @ self.lora_B[name].T * self.scaling for name in self.lora_A}
+        # One dropout call per projection, hence an independent mask for each, as DGS-Net's separate q, k and v
+        # layers have (a shared mask would correlate the three updates).
+        updates = {
+            name: (self.dropout(x) @ self.lora_A[name].T) @ self.lora_B[name].T * self.scaling  # [B, N, D]
+            for name in self.lora_A
+        }
         q = q + updates["q"] if "q" in updates else q
         k = k + updates["k"] if "k" in updates else k
         v = v + updates["v"] if "v" in updates else v
