@@ -70,12 +70,14 @@ def test_a_run_is_reproduced_from_its_config_json(tmp_path, dataset):
     result = invoke("train", "--config", tmp_path / "first" / "config.json", "--out", tmp_path / "second",
                     "--no-progress")
     assert result.exit_code == 0, result.output
-    assert RunFolder(tmp_path / "second").read_config().to_dict() == {**first.to_dict(), "out": str(tmp_path / "second")}
-    assert (tmp_path / "first" / "model.safetensors").read_bytes() == (tmp_path / "second" / "model.safetensors").read_bytes()
+    second = tmp_path / "second"
+    assert RunFolder(second).read_config().to_dict() == {**first.to_dict(), "out": str(second)}
+    assert (tmp_path / "first" / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--method", "dgs", "--prompt-depth", "2"], "--prompt-depth does not apply to method dgs (it is an option of mirage)"),
+    (["--method", "dgs", "--prompt-depth", "2"],
+     "--prompt-depth does not apply to method dgs (it is an option of mirage)"),
     (["--method", "mirage", "--lora-rank", "2"], "--lora-rank does not apply to method mirage"),
     (["--lora-blocks", "one"], "--lora-blocks must be comma-separated integers or 'all'"),
     (["--lora-rank", "0"], "options.lora: LoRA rank must be at least 1"),

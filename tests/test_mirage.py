@@ -33,10 +33,10 @@ from dgs_trainer.train import fit  # noqa: E402
 F = torch.nn.functional
 
 
-def tiny_mirage(**config) -> MiraGe:
+def tiny_mirage(depth: int = 2, tokens: int = 2, context: str = "a photo of a", **config) -> MiraGe:
     torch.manual_seed(0)
     return MiraGe(create_clip("dgs-tiny-vit"), open_clip.get_tokenizer("dgs-tiny-vit"),
-                  MiraGeConfig(**{"prompt": PromptConfig(depth=2), **config}))
+                  MiraGeConfig(prompt=PromptConfig(tokens=tokens, depth=depth, context=context), **config))
 
 
 def test_discriminative_loss_matches_a_loop_over_anchors_and_positives():

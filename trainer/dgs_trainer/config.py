@@ -411,7 +411,7 @@ def parse_flag_value(flag: OptionFlag, value: Any) -> Any:
     try:
         return [item(p) for p in parts]
     except ValueError:
-        raise ConfigError(f"{flag.flag} must be comma-separated {_describe(item)}s"
+        raise ConfigError(f"{flag.flag} must be comma-separated {'integers' if item is int else 'names'}"
                           + (" or 'all'" if type(None) in kinds else "") + f", got {value!r}") from None
 
 

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from dgs_sdk.errors import DgsError
 from dgs_sdk.scan import IMAGE_EXTENSIONS
 
 __all__ = [
@@ -51,7 +52,7 @@ LABEL_SYNONYMS: dict[str, int] = {
 SPLIT_NAMES = frozenset({"train", "val", "valid", "validation", "test"})
 
 
-class DataLayoutError(ValueError):
+class DataLayoutError(DgsError, ValueError):
     """A data root or manifest holds no labelled images in a known layout; the message says what was found."""
 
 

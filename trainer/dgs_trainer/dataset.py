@@ -55,15 +55,15 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
-        try:
-            image = load_image(sample.path)
-        except DgsError as e:
-            return {"index": index, "label": sample.label, "error": str(e)}
         if self.train:
             rng = np.random.default_rng((self.seed, self.epoch, index))
         else:
             rng = None if self.order_seed is None else np.random.default_rng((self.order_seed, index))
-        crop = crop_image(image, self.spec, rng)  # [S, S, 3] uint8
+        try:
+            crop = crop_image(load_image(sample.path), self.spec, rng)  # [S, S, 3] uint8
+        except DgsError as e:  # unreadable, or too small for the model input
+            message = str(e) if sample.path in str(e) else f"{sample.path}: {e}"
+            return {"index": index, "label": sample.label, "error": message}
         if self.train and self.hflip and rng.random() < 0.5:
             crop = crop[:, ::-1]
         return {

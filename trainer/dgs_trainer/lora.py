@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -29,24 +29,22 @@ SCALINGS = ("sqrt", "linear")
 
 @dataclass(frozen=True)
 class LoRAConfig:
-    """Where and how big the low-rank updates are.
+    """Where and how big the low-rank updates are (each field's ``help`` metadata is its `dgs train` flag's help).
 
-    Attributes:
-        rank: r, the rank of each update.
-        alpha: scale numerator; the update is multiplied by `scale`.
-        dropout: dropout probability on the input of the low-rank path (drawn separately for q, k and v).
-        targets: which of q, k, v get an update.
-        blocks: indices of the vision blocks to adapt; None adapts all of them.
-        scaling: ``"sqrt"`` scales updates by ``alpha / sqrt(rank)`` (DGS-Net's rule: 2.449 at rank = alpha = 6);
-            ``"linear"`` by ``alpha / rank`` (the LoRA paper's rule, which earlier dgs runs used).
+    ``scaling`` ``"sqrt"`` multiplies updates by ``alpha / sqrt(rank)`` (DGS-Net's rule: 2.449 at rank = alpha = 6),
+    ``"linear"`` by ``alpha / rank`` (the LoRA paper's rule, which earlier dgs runs used).
     """
 
-    rank: int = 6
-    alpha: float = 6.0
-    dropout: float = 0.8
-    targets: tuple[str, ...] = PROJECTIONS
-    blocks: tuple[int, ...] | None = None
-    scaling: str = "sqrt"
+    rank: int = field(default=6, metadata={"help": "LoRA rank r of each update."})
+    alpha: float = field(default=6.0, metadata={"help": "LoRA alpha, the numerator of the updates' scale."})
+    dropout: float = field(default=0.8, metadata={
+        "help": "Dropout on the input of each LoRA update, drawn separately for q, k and v."})
+    targets: tuple[str, ...] = field(default=PROJECTIONS, metadata={
+        "help": "Projections that get LoRA: comma-separated subset of q,k,v."})
+    blocks: tuple[int, ...] | None = field(default=None, metadata={
+        "help": "Vision blocks that get LoRA: comma-separated indices (negative from the end), or all."})
+    scaling: str = field(default="sqrt", metadata={
+        "help": "Scale of the updates: sqrt (alpha/sqrt(r), DGS-Net's) or linear (alpha/r).", "choices": SCALINGS})
 
     def __post_init__(self) -> None:
         if self.rank < 1:

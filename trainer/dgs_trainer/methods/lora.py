@@ -59,7 +59,7 @@ def check_lora_blocks(lora: LoRAConfig, context: MethodContext) -> None:
 def lora_description(lora: LoRAConfig) -> dict[str, Any]:
     """A LoRA-merged encoder's entries in a model package's ``architecture``."""
     return {"head": "linear", "lora_merged": True, "lora_rank": lora.rank, "lora_alpha": lora.alpha,
-            "lora_scaling": getattr(lora, "scaling", "linear")}
+            "lora_scaling": lora.scaling}
 
 
 class LoRAMethod:
