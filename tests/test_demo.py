@@ -6,6 +6,8 @@ import csv
 
 import pytest
 
+from dgs_sdk.errors import DgsError
+
 pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
@@ -40,6 +42,6 @@ def test_demo_refuses_to_replace_folders_it_did_not_write(tmp_path):
     precious = tmp_path / "data" / "thesis.txt"
     precious.parent.mkdir()
     precious.write_text("months of work")
-    with pytest.raises(ValueError, match="did not write"):
+    with pytest.raises(DgsError, match="did not write"):
         run_demo(DemoConfig(workdir=str(tmp_path), device="cpu", progress=False), say=lambda line: None)
     assert precious.read_text() == "months of work"
