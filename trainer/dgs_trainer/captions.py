@@ -13,6 +13,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from dgs_sdk.errors import DgsError
+
 from .data import REAL, Sample
 
 __all__ = ["DEFAULT_CAPTION_TEMPLATE", "CaptionError", "load_captions"]
@@ -22,8 +24,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CAPTION_TEMPLATE = "a {label} photo"
 
 
-class CaptionError(ValueError):
-    """A caption file cannot be read or holds no usable captions."""
+class CaptionError(ValueError, DgsError):
+    """Captions cannot be read, written or made (caption file, captioner or settings); the message says why."""
 
 
 def _keys(path: str, root: Path) -> list[str]:
