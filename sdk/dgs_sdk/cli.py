@@ -24,6 +24,7 @@ __all__ = ["main"]
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("dgs_trainer.cli", "train", "train"),
     "eval": ("dgs_trainer.cli", "eval_command", "train"),
+    "caption": ("dgs_trainer.cli", "caption_command", "train"),
     "export": ("dgs_export.cli", "export_command", "export"),
     "demo": ("dgs_export.demo", "demo_command", "export"),
 }

@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from dgs_sdk.errors import DgsError
 from dgs_sdk.files import read_regular
 
 from .data import Sample
@@ -28,8 +29,8 @@ MAX_CAPTION_FILE_BYTES = 1024**3  # a caption per image of the largest public tr
 MISSING_CAPTION = ""  # the caption of an image the file has none for: says nothing, about the label least of all
 
 
-class CaptionError(ValueError):
-    """A caption file cannot be read or holds no usable captions."""
+class CaptionError(ValueError, DgsError):
+    """Captions cannot be read, written or made (caption file, captioner or settings); the message says why."""
 
 
 def _keys(path: str, root: Path) -> list[str]:

@@ -1,4 +1,5 @@
-"""`dgs train` and `dgs eval`: thin layers over `dgs_trainer.train` and `dgs_trainer.eval_run`.
+"""`dgs train`, `dgs eval` and `dgs caption`: thin layers over `dgs_trainer.train`, `dgs_trainer.eval_run` and
+`dgs_trainer.captioning`.
 
 Errors are `DgsError`s, reported by the `dgs` group in one place (``Error: ...``, exit code 2).
 """
@@ -18,7 +19,7 @@ from .errors import ConfigError
 from .methods import METHODS
 from .run_folder import RunFolder
 
-__all__ = ["train", "eval_command"]
+__all__ = ["caption_command", "eval_command", "train"]
 
 # Settings that may change when a run is resumed (where and how fast it runs, not what it learns).
 RESUMABLE_OVERRIDES = ("device", "workers")
@@ -142,3 +143,71 @@ def eval_command(run, data, split, threshold, calibrate, tta, json_out, batch_si
         click.echo(f"{report['unreadable']} unreadable images were skipped", err=True)
     if json_out:
         Path(json_out).write_text(json.dumps(report, indent=2))
+
+
+# `dgs caption`: help for each CaptionConfig field but data (the argument); flags and defaults come from the dataclass.
+CAPTION_HELP = {
+    "out": "JSON file of captions {image path: caption}; an existing one is continued, its captions kept.",
+    "split": "Only images under a folder of this name in DATA (e.g. train for GenImage).",
+    "arch": "open_clip CoCa model name.",
+    "pretrained": "open_clip pretrained tag of --arch, or a local checkpoint path.",
+    "batch_size": "Images captioned together.",
+    "device": "auto, cpu, cuda or cuda:N.",
+    "workers": "DataLoader worker processes that decode images.",
+    "beams": "Beam width of the caption search (1: greedy).",
+    "max_tokens": "Most tokens in a caption; a longer one is cut there.",
+    "min_tokens": "Fewest tokens before a caption may end.",
+    "length_penalty": "Exponent of the length normalisation of caption scores (larger: longer captions).",
+    "save_every": "Seconds between rewrites of --out while captioning (0: after every batch).",
+}
+
+
+def _caption_options(command):
+    """One click option per CaptionConfig field but data, typed and defaulted from the dataclass."""
+    import dataclasses
+    import typing
+
+    from .captioning import CaptionConfig
+
+    hints = typing.get_type_hints(CaptionConfig)
+    for field in reversed(dataclasses.fields(CaptionConfig)):
+        if field.name == "data":
+            continue
+        base = next((t for t in typing.get_args(hints[field.name]) if t is not type(None)), hints[field.name])
+        kwargs = {"type": base, "help": CAPTION_HELP[field.name]}
+        if field.default is dataclasses.MISSING:
+            kwargs["required"] = True  # no default at all: click 8.3+ takes default=None as a given value
+        else:
+            kwargs.update(default=field.default, show_default=field.default is not None)
+        command = click.option("--" + field.name.replace("_", "-"), field.name, **kwargs)(command)
+    return command
+
+
+@click.command("caption")
+@click.argument("data")
+@_caption_options
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def caption_command(data, progress, **fields) -> None:
+    """Caption every image of DATA with a CoCa model, for DGS-Net's text branch (--captions of dgs train).
+
+    DATA is a data root (ForenSynths, GenImage or real/fake folders) or a CSV manifest. --out is rewritten every
+    --save-every seconds, at the end and when interrupted; running the same command again captions only the
+    images still without a caption. Unreadable images are skipped and counted. Exit code 2 for a usage problem,
+    130 or 143 when interrupted.
+    """
+    from .captioning import CaptionConfig, caption_images
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        summary = caption_images(CaptionConfig(data=data, **fields), progress=progress)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: captions finished so far are in {fields['out']}; run the same command again "
+                   "to caption the rest", err=True)
+        sys.exit(130)
+    message = f"{summary.captioned} images captioned into {summary.out}"
+    if summary.kept:
+        message += f" ({summary.kept} already had a caption and kept it)"
+    click.echo(message, err=True)
+    if summary.unreadable:
+        click.echo(f"{summary.unreadable} unreadable images were skipped and have no caption (e.g. {summary.example})",
+                   err=True)
