@@ -28,9 +28,8 @@ from dgs_trainer.captioning import (  # noqa: E402
     CocaCaptioner,
     beam_search,
     caption_images,
-    read_caption_table,
 )
-from dgs_trainer.captions import CaptionError, load_captions  # noqa: E402
+from dgs_trainer.captions import CaptionError, load_captions, read_caption_table  # noqa: E402
 from dgs_trainer.data import load_samples  # noqa: E402
 
 ARCH = "dgs-test-coca"
@@ -309,7 +308,7 @@ def test_captions_reach_the_disk_while_captioning_goes_on(data, tmp_path, checkp
         (b"", "it is not JSON"),
         (b"{'a': 'single quotes'}", "it is not JSON"),
         (b'["a list"]', "found a JSON list"),
-        (b'{"a.png": 3}', "the caption of 'a.png' is a int"),
+        (b'{"a.png": 3}', "the caption of 'a.png' is not a string (3)"),
         (b'{"a.png": "\xff\xfe"}', "it is not UTF-8"),
         (b"[" * 100_000, "nested too deeply"),
     ],

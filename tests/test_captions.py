@@ -39,11 +39,11 @@ def test_keys_match_absolute_root_relative_and_cwd_relative(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("text, message", [
-    ("[1, 2]", "expected a JSON object"),
-    ('{"a.png": 3}', "the caption of 'a.png' is not a string"),
-    ("{", "cannot read captions"),
-    ("[" * 100_000, "cannot read captions"),
-    (b"\xff\xfe", "cannot read captions"),
+    ("[1, 2]", "expected a JSON object mapping image paths to captions, found a JSON list"),
+    ('{"a.png": 3}', "the caption of 'a.png' is not a string (3)"),
+    ("{", "it is not JSON"),
+    ("[" * 100_000, "nested too deeply"),
+    (b"\xff\xfe", "it is not UTF-8 text"),
 ])
 def test_bad_caption_files_fail_with_their_name(tmp_path, text, message):
     samples = [Sample(str(tmp_path / "x.png"), FAKE, "g")]

@@ -18,7 +18,6 @@ transformers 5 no longer has.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -33,10 +32,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dgs_sdk.errors import DgsError
-from dgs_sdk.files import AtomicFile, read_regular
 from dgs_sdk.preprocess import PreprocessSpec
 
-from .captions import CaptionError, _keys
+from .captions import CaptionError, _keys, read_caption_table, write_caption_table
 from .data import load_samples
 from .dataset import ImageDataset, ImageUsage, collate_skipping_unreadable
 from .models import create_clip, list_archs
@@ -48,15 +46,9 @@ __all__ = [
     "CocaCaptioner",
     "beam_search",
     "caption_images",
-    "read_caption_table",
-    "write_caption_table",
 ]
 
 log = logging.getLogger(__name__)
-
-# A caption file holds one short line per image: a million images make about 150 MB. The limit keeps a hostile
-# file from taking the machine's memory (a JSON text takes several times its size once parsed).
-MAX_CAPTION_FILE_BYTES = 1024**3
 
 
 @dataclass
@@ -123,48 +115,6 @@ class CaptionSummary:
     kept: int
     unreadable: int
     example: str | None = None
-
-
-def read_caption_table(path: str | os.PathLike) -> dict[str, str]:
-    """The captions of an existing caption file, in file order.
-
-    Raises:
-        CaptionError: the file is not a regular file, cannot be read, or is not a JSON object whose values are
-            all strings; the message names it.
-    """
-    data = read_regular(path, MAX_CAPTION_FILE_BYTES, CaptionError)
-    what = "a JSON object mapping image paths to captions"
-    try:
-        table = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise CaptionError(f"{path}: expected {what}; it is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise CaptionError(f"{path}: expected {what}; it is not JSON ({e})") from None
-    except RecursionError:
-        raise CaptionError(f"{path}: expected {what}; it holds JSON nested too deeply to read") from None
-    if not isinstance(table, dict):
-        raise CaptionError(f"{path}: expected {what}, found a JSON {type(table).__name__}")
-    for key, caption in table.items():
-        if not isinstance(caption, str):
-            raise CaptionError(f"{path}: expected {what}; the caption of {key!r} is a {type(caption).__name__}")
-    return table
-
-
-def write_caption_table(path: str | os.PathLike, table: dict[str, str]) -> None:
-    """Replace ``path`` atomically with ``table`` as JSON, sorted by path, one entry a line.
-
-    Raises:
-        CaptionError: the file cannot be written (the old one, if any, is then left as it was).
-    """
-    text = json.dumps(table, ensure_ascii=False, indent=0, sort_keys=True) + "\n"
-    # File names that are not UTF-8 reach Python as lone surrogates, which UTF-8 cannot encode. Written as
-    # backslash escapes they become JSON's own \udcXX escapes, which json.loads turns back into the same name.
-    data = text.encode("utf-8", "backslashreplace")
-    try:
-        with AtomicFile(path) as out:
-            out.file.write(data)
-    except OSError as e:
-        raise CaptionError(f"{path}: cannot write the captions ({e.strerror or e})") from None
 
 
 def beam_search(

@@ -16,15 +16,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dgs_sdk.errors import DgsError
-from dgs_sdk.files import read_regular
+from dgs_sdk.files import AtomicFile, read_regular
 
 from .data import Sample
 
-__all__ = ["MISSING_CAPTION", "CaptionError", "load_captions", "read_caption_file"]
+__all__ = ["MISSING_CAPTION", "CaptionError", "load_captions", "read_caption_table", "write_caption_table"]
 
 log = logging.getLogger(__name__)
 
-MAX_CAPTION_FILE_BYTES = 1024**3  # a caption per image of the largest public training sets is well under this
+# A caption file holds one short line per image: a million images make about 150 MB. The limit keeps a hostile
+# file from taking the machine's memory (a JSON text takes several times its size once parsed).
+MAX_CAPTION_FILE_BYTES = 1024**3
 
 MISSING_CAPTION = ""  # the caption of an image the file has none for: says nothing, about the label least of all
 
@@ -45,23 +47,46 @@ def _keys(path: str, root: Path) -> list[str]:
     return keys
 
 
-def read_caption_file(caption_file: str | os.PathLike) -> dict[str, str]:
-    """The ``{image path: caption}`` object of a caption file, every caption a string.
+def read_caption_table(path: str | os.PathLike) -> dict[str, str]:
+    """The captions of an existing caption file, in file order.
 
     Raises:
-        CaptionError: the file cannot be read, is not such an object, or is too large to be one.
+        CaptionError: the file is not a regular file, cannot be read, or is not a JSON object whose values are
+            all strings; the message names it.
     """
-    data = read_regular(Path(caption_file), MAX_CAPTION_FILE_BYTES, CaptionError)
+    data = read_regular(path, MAX_CAPTION_FILE_BYTES, CaptionError)
+    what = "a JSON object mapping image paths to captions"
     try:
-        raw = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deeply, a 5000-digit number
-        raise CaptionError(f"{caption_file}: cannot read captions ({e})") from None
-    if not isinstance(raw, dict):
-        raise CaptionError(f"{caption_file}: expected a JSON object mapping image paths to captions")
-    for key, caption in raw.items():
+        table = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CaptionError(f"{path}: expected {what}; it is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise CaptionError(f"{path}: expected {what}; it is not JSON ({e})") from None
+    except RecursionError:
+        raise CaptionError(f"{path}: expected {what}; it holds JSON nested too deeply to read") from None
+    if not isinstance(table, dict):
+        raise CaptionError(f"{path}: expected {what}, found a JSON {type(table).__name__}")
+    for key, caption in table.items():
         if not isinstance(caption, str):
-            raise CaptionError(f"{caption_file}: the caption of {key!r} is not a string ({caption!r})")
-    return raw
+            raise CaptionError(f"{path}: expected {what}; the caption of {key!r} is not a string ({caption!r:.40})")
+    return table
+
+
+def write_caption_table(path: str | os.PathLike, table: dict[str, str]) -> None:
+    """Replace ``path`` atomically with ``table`` as JSON, sorted by path, one entry a line.
+
+    Raises:
+        CaptionError: the file cannot be written (the old one, if any, is then left as it was).
+    """
+    text = json.dumps(table, ensure_ascii=False, indent=0, sort_keys=True) + "\n"
+    # File names that are not UTF-8 reach Python as lone surrogates, which UTF-8 cannot encode. Written as
+    # backslash escapes they become JSON's own \udcXX escapes, which json.loads turns back into the same name.
+    data = text.encode("utf-8", "backslashreplace")
+    try:
+        with AtomicFile(path) as out:
+            out.file.write(data)
+    except OSError as e:
+        raise CaptionError(f"{path}: cannot write the captions ({e.strerror or e})") from None
 
 
 def load_captions(samples: Sequence[Sample], root: str | os.PathLike, caption_file: str | os.PathLike) -> list[str]:
@@ -77,7 +102,7 @@ def load_captions(samples: Sequence[Sample], root: str | os.PathLike, caption_fi
     """
     root = Path(root)
     table: dict[str, str] = {}
-    for key, caption in read_caption_file(caption_file).items():
+    for key, caption in read_caption_table(caption_file).items():
         table[Path(key).as_posix()] = caption
         table[os.path.abspath(key)] = caption
     captions, missing = [], []
