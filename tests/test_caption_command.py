@@ -308,7 +308,7 @@ def test_captions_reach_the_disk_while_captioning_goes_on(data, tmp_path, checkp
         (b"", "it is not JSON"),
         (b"{'a': 'single quotes'}", "it is not JSON"),
         (b'["a list"]', "found a JSON list"),
-        (b'{"a.png": 3}', "the caption of 'a.png' is not a string (3)"),
+        (b'{"a.png": 3}', "the caption of 'a.png' is not a string"),
         (b'{"a.png": "\xff\xfe"}', "it is not UTF-8"),
         (b"[" * 100_000, "nested too deeply"),
     ],

@@ -40,7 +40,7 @@ def test_keys_match_absolute_root_relative_and_cwd_relative(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("text, message", [
     ("[1, 2]", "expected a JSON object mapping image paths to captions, found a JSON list"),
-    ('{"a.png": 3}', "the caption of 'a.png' is not a string (3)"),
+    ('{"a.png": 3}', "the caption of 'a.png' is not a string"),
     ("{", "it is not JSON"),
     ("[" * 100_000, "nested too deeply"),
     (b"\xff\xfe", "it is not UTF-8 text"),
