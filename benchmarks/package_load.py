@@ -65,7 +65,6 @@ def main() -> None:
         torch.manual_seed(0)
         model = build_image_detector(args.arch, pretrained="none").eval()
         path = Path(tmp) / "model.dgs"
-        torch.backends.mha.set_fastpath_enabled(False)  # the exporter cannot take the fused attention kernel yet
         export_package(model, path, PreprocessSpec.clip(), photos()[:2], architecture={"arch": args.arch})
         del model
         size = path.stat().st_size

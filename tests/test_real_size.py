@@ -1,5 +1,7 @@
-"""The package checks at the size users deploy: a ViT-B/16 detector (random weights, 12 heads, fused attention)
-exported, loaded through every check, scored, and refused once one of its real weights is moved to external data."""
+"""Exports at the size users deploy: ViT-B/16 models (random weights, 12 heads, so torch runs its fused attention
+kernel) as a plain detector, a LoRA-merged DGS-Net student and a MiraGe-prompted encoder, each exported, loaded
+through every check and scored by the SDK as torch scores them; and a graph refused once one of its real weights is
+moved to external data."""
 
 from __future__ import annotations
 
@@ -13,36 +15,102 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
+from torch import nn  # noqa: E402
+
 from dgs_sdk import Detector, ModelPackage, ModelPackageError, PreprocessSpec  # noqa: E402
 from dgs_sdk.package import MANIFEST_NAME  # noqa: E402
+from dgs_sdk.preprocess import preprocess_batch  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
+ARCH = "ViT-B-16"
+
+
+def export(model: nn.Module, out, photos: dict[str, np.ndarray], head: str):
+    """`export_package` (which verifies ONNX Runtime against torch on two photos) with the CLIP transform."""
+    from dgs_export import export_package
+
+    return export_package(model, out, PreprocessSpec.clip(), list(photos.values())[:2],
+                          architecture={"arch": ARCH, "head": head})
+
+
+def assert_scores_as_torch(path, model: nn.Module, photos: dict[str, np.ndarray]) -> np.ndarray:
+    """The SDK's probabilities for every photo equal torch's to 1e-4; returns torch's."""
+    from dgs_export import torch_probabilities
+
+    results = Detector(path, device="cpu", batch_size=4).predict(list(photos.values()))  # two batches, one short
+    assert all(r.ok for r in results), [r.error for r in results]
+    expected = torch_probabilities(model, preprocess_batch(list(photos.values()), PreprocessSpec.clip()))
+    np.testing.assert_allclose([r.probability for r in results], expected, atol=1e-4, rtol=0)
+    assert len({round(float(p), 6) for p in expected}) > 1  # the images are told apart: the comparison means something
+    return expected
+
 
 @pytest.fixture(scope="module")
-def vit_b_package(tmp_path_factory, photos):
-    from dgs_export import export_package
+def vit_b_detector():
     from dgs_trainer import build_image_detector
 
     torch.manual_seed(0)
-    model = build_image_detector("ViT-B-16", pretrained="none").eval()
-    out = tmp_path_factory.mktemp("vit-b") / "vit-b-16.dgs"
-    # The exporter meets torch's fused attention kernel with an even head count (an open exporter bug of its
-    # own); this test is about the package checks, so it exports with the fused path off.
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        return export_package(model, out, PreprocessSpec.clip(), list(photos.values())[:2],
-                              architecture={"arch": "ViT-B-16", "head": "linear"})
-    finally:
-        torch.backends.mha.set_fastpath_enabled(True)
+    return build_image_detector(ARCH, pretrained="none").eval()
 
 
-def test_a_vit_b_package_passes_every_check_and_scores(vit_b_package, photos):
+@pytest.fixture(scope="module")
+def vit_b_package(vit_b_detector, tmp_path_factory, photos):
+    return export(vit_b_detector, tmp_path_factory.mktemp("vit-b") / "vit-b-16.dgs", photos, "linear")
+
+
+@pytest.fixture(scope="module")
+def vit_b_clip():
+    """One frozen ViT-B-16 CLIP, image and text towers, for the methods built on it (neither changes it)."""
+    from dgs_trainer.models import create_clip
+
+    torch.manual_seed(1)
+    return create_clip(ARCH, pretrained="none").requires_grad_(False).eval()
+
+
+def test_a_vit_b_package_passes_every_check_and_scores_as_torch_does(vit_b_package, vit_b_detector, photos):
     package = ModelPackage.load(vit_b_package)
     assert package.manifest.files["model.onnx"]["size"] > 300_000_000  # 86M float32 parameters
     assert package.fixed_batch is None
-    results = Detector(package, batch_size=3).predict(list(photos.values()))
-    assert all(r.ok for r in results) and len({round(r.probability, 6) for r in results}) > 1
+    assert package.manifest.provenance["parity"]["max_abs_probability_diff"] <= 1e-4
+    assert_scores_as_torch(vit_b_package, vit_b_detector, photos)
+
+
+def test_a_lora_merged_dgs_student_exports_and_scores_as_torch_does(vit_b_clip, photos, tmp_path):
+    from dgs_export import torch_probabilities
+    from dgs_trainer.lora import LoRAAttention, LoRAConfig
+    from dgs_trainer.methods.dgs import DGSNet
+    from dgs_trainer.models import ClipImageDetector
+
+    dim = vit_b_clip.visual.output_dim
+    net = DGSNet(vit_b_clip, nn.Linear(dim, 1), LoRAConfig(), help_weight=0.2, caption_tokens=None)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # B starts at zero (the identity update): give it values so the merge changes the weights
+        for module in net.student.modules():
+            if isinstance(module, LoRAAttention):
+                for b in module.lora_B.values():
+                    b.copy_(torch.randn(b.shape, generator=generator) * 0.05)
+    model = net.inference_model()
+    attention = [block.attn for block in model.visual.transformer.resblocks]
+    assert len(attention) == 12 and all(type(a) is nn.MultiheadAttention for a in attention)  # merged back
+
+    expected = assert_scores_as_torch(export(model, tmp_path / "dgs.dgs", photos, "dgs"), model, photos)
+
+    unmerged = ClipImageDetector.from_parts(vit_b_clip.visual, net.img_fc)
+    batch = preprocess_batch(list(photos.values()), PreprocessSpec.clip())
+    assert np.max(np.abs(expected - torch_probabilities(unmerged, batch))) > 1e-2  # the LoRA updates are in the graph
+
+
+def test_a_mirage_prompted_encoder_exports_and_scores_as_torch_does(vit_b_clip, photos, tmp_path):
+    import open_clip
+
+    from dgs_trainer.methods.mirage import MiraGe, MiraGeConfig, PromptedImageDetector
+
+    mirage = MiraGe(vit_b_clip, open_clip.get_tokenizer(ARCH), MiraGeConfig())
+    model = mirage.inference_model()
+    assert isinstance(model, PromptedImageDetector) and model.prompts.shape[0] > 1  # deep prompts, several layers
+
+    assert_scores_as_torch(export(model, tmp_path / "mirage.dgs", photos, "mirage"), model, photos)
 
 
 def test_a_vit_b_graph_with_one_weight_moved_to_external_data_is_refused(vit_b_package, tmp_path):
