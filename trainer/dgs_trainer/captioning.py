@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import open_clip
@@ -37,6 +37,7 @@ from dgs_sdk.preprocess import PreprocessSpec
 from .captions import CaptionError, _keys, read_caption_table, write_caption_table
 from .data import load_samples
 from .dataset import ImageDataset, ImageUsage, collate_skipping_unreadable
+from .methods.base import help_of
 from .models import create_clip, list_archs
 from .train import resolve_device
 
@@ -53,41 +54,33 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CaptionConfig:
-    """What `caption_images` captions, with which CoCa model and decoding, into which file.
+    """What `caption_images` captions, with which CoCa model and decoding, into which file (each field's ``help``
+    metadata is its `dgs caption` flag's help)."""
 
-    Attributes:
-        data: data root (any layout `load_samples` understands) or a CSV manifest ``path,label[,generator]``.
-        out: JSON file of captions. An existing one is continued: its captions are kept as they are.
-        split: only images under a folder of this name (``train``, ``val``...).
-        arch: open_clip CoCa model name.
-        pretrained: open_clip pretrained tag of ``arch`` or a local checkpoint path.
-        batch_size: images captioned together.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        workers: DataLoader worker processes that decode images (0: decode in this process).
-        beams: beam width of the search (1: greedy decoding).
-        max_tokens: most tokens in a caption (a word may take several); a longer caption is cut there.
-        min_tokens: fewest tokens before a caption may end.
-        length_penalty: a caption's score is its summed token log-probabilities over ``length ** length_penalty``;
-            0 favours short captions, larger values longer ones.
-        save_every: seconds between rewrites of ``out`` while captioning (0: after every batch); it is always
-            written at the end, and when captioning stops early.
-    """
-
-    data: str
-    out: str
-    split: str | None = None
-    arch: str = "coca_ViT-L-14"
-    pretrained: str = "mscoco_finetuned_laion2b_s13b_b90k"
-    batch_size: int = 32
-    device: str = "auto"
-    workers: int = 2
+    data: str  # a data root (any layout `load_samples` understands) or a CSV manifest
+    out: str = field(metadata=help_of(
+        "JSON file of captions {image path: caption}; an existing one is continued, its captions kept."))
+    split: str | None = field(default=None, metadata=help_of(
+        "Only images under a folder of this name in DATA (e.g. train for GenImage)."))
+    arch: str = field(default="coca_ViT-L-14", metadata=help_of("open_clip CoCa model name."))
+    pretrained: str = field(default="mscoco_finetuned_laion2b_s13b_b90k", metadata=help_of(
+        "open_clip pretrained tag of --arch, or a local checkpoint path."))
+    batch_size: int = field(default=32, metadata=help_of("Images captioned together."))
+    device: str = field(default="auto", metadata=help_of("auto, cpu, cuda or cuda:N."))
+    workers: int = field(default=2, metadata=help_of(
+        "DataLoader worker processes that decode images (0: decode in this process)."))
     # Beam widths of 3 to 5 are usual for image captioning; each beam costs another pass of the text decoder.
-    beams: int = 3
+    beams: int = field(default=3, metadata=help_of("Beam width of the caption search (1: greedy)."))
     # open_clip's generate stops at 30 tokens counting its start token, and waits for 5 before an end may come.
-    max_tokens: int = 30
-    min_tokens: int = 4
-    length_penalty: float = 1.0
-    save_every: float = 60.0
+    max_tokens: int = field(default=30, metadata=help_of(
+        "Most tokens in a caption (a word may take several); a longer one is cut there."))
+    min_tokens: int = field(default=4, metadata=help_of("Fewest tokens before a caption may end."))
+    length_penalty: float = field(default=1.0, metadata=help_of(
+        "A caption's score is its summed token log-probabilities over length ** this exponent (0 favours short "
+        "captions, larger values longer ones)."))
+    save_every: float = field(default=60.0, metadata=help_of(
+        "Seconds between rewrites of --out while captioning (0: after every batch); it is always written at the "
+        "end, and when captioning stops early."))
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "beams", "max_tokens", "min_tokens"):

@@ -146,22 +146,6 @@ def eval_command(run, data, split, threshold, calibrate, tta, json_out, batch_si
 
 
 # `dgs caption`: help for each CaptionConfig field but data (the argument); flags and defaults come from the dataclass.
-CAPTION_HELP = {
-    "out": "JSON file of captions {image path: caption}; an existing one is continued, its captions kept.",
-    "split": "Only images under a folder of this name in DATA (e.g. train for GenImage).",
-    "arch": "open_clip CoCa model name.",
-    "pretrained": "open_clip pretrained tag of --arch, or a local checkpoint path.",
-    "batch_size": "Images captioned together.",
-    "device": "auto, cpu, cuda or cuda:N.",
-    "workers": "DataLoader worker processes that decode images.",
-    "beams": "Beam width of the caption search (1: greedy).",
-    "max_tokens": "Most tokens in a caption; a longer one is cut there.",
-    "min_tokens": "Fewest tokens before a caption may end.",
-    "length_penalty": "Exponent of the length normalisation of caption scores (larger: longer captions).",
-    "save_every": "Seconds between rewrites of --out while captioning (0: after every batch).",
-}
-
-
 def _caption_options(command):
     """One click option per CaptionConfig field but data, typed and defaulted from the dataclass."""
     import dataclasses
@@ -174,7 +158,7 @@ def _caption_options(command):
         if field.name == "data":
             continue
         base = next((t for t in typing.get_args(hints[field.name]) if t is not type(None)), hints[field.name])
-        kwargs = {"type": base, "help": CAPTION_HELP[field.name]}
+        kwargs = {"type": base, "help": field.metadata["help"]}
         if field.default is dataclasses.MISSING:
             kwargs["required"] = True  # no default at all: click 8.3+ takes default=None as a given value
         else:
