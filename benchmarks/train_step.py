@@ -16,7 +16,7 @@ from _common import header
 from dgs_trainer.lora import LoRAConfig
 from dgs_trainer.methods.dgs import DGSNet
 from dgs_trainer.methods.lora import LoRAClassifier
-from dgs_trainer.methods.mirage import MiraGe, MiraGeConfig
+from dgs_trainer.methods.mirage import MiraGe, MiraGeConfig, PromptConfig
 from dgs_trainer.models import create_clip
 
 
@@ -70,11 +70,12 @@ def main() -> None:
         "labels": (torch.arange(args.batch_size, device=device) % 2).float(),
         "indices": torch.arange(args.batch_size, device=device),
     }
-    lora = LoRAConfig()  # the published r = alpha = 6, dropout 0.8 on q, k, v of every block
+    lora = LoRAConfig()  # the published r = alpha = 6, alpha/sqrt(r), dropout 0.8 on q, k, v of every block
+    prompts = MiraGeConfig(prompt=PromptConfig(depth=args.prompt_depth))
     builders = {
         "lora": lambda: LoRAClassifier(clip.visual, lora),
         "dgs": lambda: DGSNet(clip, torch.nn.Linear(clip.visual.output_dim, 1), lora, caption_tokens=tokens),
-        "mirage": lambda: MiraGe(clip, open_clip.get_tokenizer(args.arch), MiraGeConfig(depth=args.prompt_depth)),
+        "mirage": lambda: MiraGe(clip, open_clip.get_tokenizer(args.arch), prompts),
     }
     results = {}
     for name in args.methods.split(","):
