@@ -25,6 +25,7 @@ setup() {
 case "${1:-}" in
   demo)  setup; "$VENV/bin/dgs" demo --workdir demo ;;
   test)  setup; "$PY" -m ruff check sdk trainer export tests benchmarks; "$PY" -m pytest ;;
-  bench) setup; "$PY" benchmarks/patch_select.py; "$PY" benchmarks/scan_throughput.py; "$PY" benchmarks/package_load.py ;;
+  bench) setup; "$PY" benchmarks/patch_select.py; "$PY" benchmarks/scan_throughput.py; "$PY" benchmarks/package_load.py
+         "$PY" benchmarks/real_size.py ;;
   *) echo "usage: ./run.sh demo | test | bench" >&2; exit 2 ;;
 esac
