@@ -142,7 +142,7 @@ def tiny_config(data: Path, out: Path, **flags):
 
     DGS-Net runs take the captions of the `dataset` fixture's folder.
     """
-    from dgs_trainer.config import config_from_flags
+    from dgs_trainer.flags import config_from_flags
 
     given = dict(data=str(data), out=str(out), arch="dgs-tiny-vit", pretrained="none", batch_size=4, workers=0,
                  device="cpu", epochs=1, lr=1e-3)

@@ -16,8 +16,9 @@ from click.testing import CliRunner  # noqa: E402
 from conftest import tiny_config  # noqa: E402
 from dgs_sdk.cli import main  # noqa: E402
 from dgs_sdk.errors import DgsError  # noqa: E402
-from dgs_trainer.config import TrainConfig, config_from_flags, option_flags  # noqa: E402
+from dgs_trainer.config import TrainConfig  # noqa: E402
 from dgs_trainer.errors import ConfigError, TrainError  # noqa: E402
+from dgs_trainer.flags import config_from_flags, option_flags  # noqa: E402
 from dgs_trainer.methods import METHODS  # noqa: E402
 from dgs_trainer.methods.dgs import DGSConfig  # noqa: E402
 from dgs_trainer.methods.probe import ProbeMethod  # noqa: E402

@@ -16,7 +16,7 @@ from dgs_sdk import Detector, ModelPackage  # noqa: E402
 from dgs_sdk.detector import sigmoid  # noqa: E402
 from dgs_sdk.image import load_image  # noqa: E402
 from dgs_sdk.preprocess import preprocess_batch  # noqa: E402
-from dgs_trainer.config import config_from_flags  # noqa: E402
+from dgs_trainer.flags import config_from_flags  # noqa: E402
 from dgs_trainer.run_folder import RunFolder  # noqa: E402
 from dgs_trainer.train import fit  # noqa: E402
 

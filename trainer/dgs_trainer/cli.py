@@ -14,8 +14,8 @@ from pathlib import Path
 
 import click
 
-from .config import OptionFlag, config_from_flags, option_flags
 from .errors import ConfigError
+from .flags import OptionFlag, config_from_flags, option_flags
 from .methods import METHODS
 from .run_folder import RunFolder
 

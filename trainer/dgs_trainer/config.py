@@ -2,7 +2,7 @@
 settings of its method (each method's options dataclass lives in its module, `dgs_trainer.methods`).
 
 The same structure is read from a ``--config`` YAML or JSON file, saved in the run's config.json, and turned into
-`dgs train`'s flags: a nested field ``options.lora.rank`` is the flag ``--lora-rank``. Every value is checked
+`dgs train`'s flags by `dgs_trainer.flags`: a nested field ``options.lora.rank`` is the flag ``--lora-rank``. Every value is checked
 against its declared type and bounds, and an error names the key and the file it came from.
 """
 
@@ -28,15 +28,13 @@ __all__ = [
     "CONFIG_FORMAT",
     "METHODS",
     "ConfigError",
-    "OptionFlag",
     "TrainConfig",
     "TrainError",
-    "config_from_flags",
     "config_to_dict",
     "legacy_config",
-    "option_flags",
-    "parse_flag_value",
+    "option_leaves",
     "read_config_file",
+    "type_alternatives",
 ]
 
 # config.json's ``format``: 2 nests the method's settings in ``options``; runs without it hold the flat settings
@@ -181,7 +179,7 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return plain(config)
 
 
-def _kinds(hint: Any) -> tuple[Any, ...]:
+def type_alternatives(hint: Any) -> tuple[Any, ...]:
     """The alternatives of an annotation: ``int | None`` -> (int, NoneType)."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return typing.get_args(hint)
@@ -239,7 +237,7 @@ def _build(cls: type, values: Any, source: str | os.PathLike, prefix: str, skip:
         if name in skip:
             continue
         key = prefix + name
-        kinds = _kinds(hints[name])
+        kinds = type_alternatives(hints[name])
         for kind in kinds:
             ok, converted = _convert(value, kind, source, key)
             if ok:
@@ -311,7 +309,7 @@ def legacy_config(values: Any, source: str | os.PathLike, out: str | None = None
     method = values.get("method", "dgs")
     if not isinstance(method, str) or method not in METHODS:
         raise ConfigError(f"{source}: method {method!r} is unknown (expected one of {', '.join(METHODS)})")
-    option_keys = {key for key, *_ in _leaves(METHODS[method].options_type, ())}
+    option_keys = {key for key, *_ in option_leaves(METHODS[method].options_type, ())}
     run: dict[str, Any] = {"quick_gelu": False, "small_images": "resize"}
     options: dict[str, Any] = {}
     for name, value in values.items():
@@ -343,115 +341,14 @@ def legacy_config(values: Any, source: str | os.PathLike, out: str | None = None
     return TrainConfig.from_dict(run, source, out)
 
 
-# --- flags ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OptionFlag:
-    """One `dgs train` flag: the config key it sets and the methods that have it."""
-
-    flag: str  # --lora-rank
-    key: tuple[str, ...]  # ("options", "lora", "rank")
-    kind: Any  # the annotation
-    help: str
-    methods: tuple[str, ...]  # empty for the run's own settings
-    defaults: tuple[tuple[str, Any], ...]  # (method, default) for options; ("", default) for the run's own
-    choices: tuple[str, ...] | None = None
-
-    @property
-    def dest(self) -> str:
-        return self.flag[2:].replace("-", "_")
-
-
-def _leaves(cls: type, prefix: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any, dataclasses.Field, Any]]:
+def option_leaves(cls: type, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any, dataclasses.Field,
+                                                                          Any]]:
+    """``(key, annotation, field, default)`` of every setting of an options dataclass, nested ones flattened
+    (``("lora", "rank")``)."""
     hints = typing.get_type_hints(cls)
     instance = cls()
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
-            yield from _leaves(hints[f.name], (*prefix, f.name))
+            yield from option_leaves(hints[f.name], (*prefix, f.name))
         else:
             yield (*prefix, f.name), hints[f.name], f, getattr(instance, f.name)
-
-
-def option_flags() -> list[OptionFlag]:
-    """Every `dgs train` flag: the run's own settings, then each method's options (a key two methods share, such
-    as ``lora.rank``, is one flag)."""
-    flags = []
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name != "options":
-            default = None if f.default is dataclasses.MISSING else f.default
-            flags.append(OptionFlag("--" + f.name.replace("_", "-"), (f.name,), hints[f.name], f.metadata["help"], (),
-                                    (("", default),), f.metadata.get("choices")))
-    by_key: dict[tuple[str, ...], dict[str, Any]] = {}
-    for name, method in METHODS.items():
-        for key, kind, f, default in _leaves(method.options_type, ()):
-            entry = by_key.setdefault(key, {"kind": kind, "help": f.metadata.get("help", ""), "defaults": [],
-                                            "choices": f.metadata.get("choices")})
-            if entry["kind"] != kind:
-                raise TypeError(f"option {'.'.join(key)} has type {kind} in {name}, {entry['kind']} elsewhere")
-            entry["defaults"].append((name, default))
-    for key, entry in by_key.items():
-        methods = tuple(m for m, _ in entry["defaults"])
-        flags.append(OptionFlag("--" + "-".join(key).replace("_", "-"), ("options", *key), entry["kind"],
-                                entry["help"], methods, tuple(entry["defaults"]), entry["choices"]))
-    return flags
-
-
-def parse_flag_value(flag: OptionFlag, value: Any) -> Any:
-    """A flag's command-line text as the config value: comma lists for tuples, ``all`` for no block selection."""
-    kinds = _kinds(flag.kind)
-    tuple_kind = next((k for k in kinds if typing.get_origin(k) is tuple), None)
-    if tuple_kind is None or not isinstance(value, str):
-        return value
-    if type(None) in kinds and value.strip().lower() == "all":
-        return None
-    item = typing.get_args(tuple_kind)[0]
-    parts = [p.strip() for p in value.split(",") if p.strip()]
-    try:
-        return [item(p) for p in parts]
-    except ValueError:
-        raise ConfigError(f"{flag.flag} must be comma-separated {'integers' if item is int else 'names'}"
-                          + (" or 'all'" if type(None) in kinds else "") + f", got {value!r}") from None
-
-
-def config_from_flags(given: Mapping[str, Any], file: str | os.PathLike | None = None) -> TrainConfig:
-    """The config of `dgs train`: the ``--config`` file's settings (if any), overridden by the flags given.
-
-    Args:
-        given: flag destination (``lora_rank``) -> value, for the flags given on the command line only.
-        file: a ``--config`` file.
-
-    Raises:
-        ConfigError: a flag that the chosen method does not have, or any invalid value.
-    """
-    values = read_config_file(file) if file else {}
-    options = values.get("options")
-    options = dict(options) if isinstance(options, Mapping) else ({} if options is None else options)
-    flags = {flag.dest: flag for flag in option_flags()}
-    method = given.get("method", values.get("method", "dgs"))
-    for dest, value in given.items():
-        flag = flags[dest]
-        value = parse_flag_value(flag, value)
-        if flag.key[0] != "options":
-            values[flag.key[0]] = value
-            continue
-        if method not in flag.methods:
-            raise ConfigError(f"{flag.flag} does not apply to method {method} (it is an option of "
-                              f"{', '.join(flag.methods)})")
-        if not isinstance(options, dict):
-            raise ConfigError(f"{file}: options must be a mapping, got {options!r}")
-        node = options
-        for part in flag.key[1:-1]:
-            existing = node.get(part)
-            node[part] = dict(existing) if isinstance(existing, Mapping) else ({} if existing is None else existing)
-            node = node[part]
-            if not isinstance(node, dict):
-                raise ConfigError(f"{file}: options.{part} must be a mapping, got {node!r}")
-        node[flag.key[-1]] = value
-    if options or "options" in values:
-        values["options"] = options
-    for name in ("data", "out"):
-        if not values.get(name):
-            raise ConfigError(f"--{name} is required (as a flag or in --config), or give --resume RUN")
-    return TrainConfig.from_dict(values, file or "command line")
