@@ -2,8 +2,8 @@
 settings of its method (each method's options dataclass lives in its module, `dgs_trainer.methods`).
 
 The same structure is read from a ``--config`` YAML or JSON file, saved in the run's config.json, and turned into
-`dgs train`'s flags by `dgs_trainer.flags`: a nested field ``options.lora.rank`` is the flag ``--lora-rank``. Every value is checked
-against its declared type and bounds, and an error names the key and the file it came from.
+`dgs train`'s flags by `dgs_trainer.flags`: a nested field ``options.lora.rank`` is the flag ``--lora-rank``. Every
+value is checked against its declared type and bounds, and an error names the key and the file it came from.
 """
 
 from __future__ import annotations
