@@ -100,12 +100,24 @@ def test_bad_flags_are_named(tmp_path, dataset, args, message):
     ("[1, 2]", "expected a mapping of settings"),
     ("options: {epochs: 1e999}", "options.epochs must be an integer"),
     ("{{{", "not valid YAML or JSON"),
+    ("1: one\ncolour: red", "unknown key 1"),  # keys of mixed types
 ])
 def test_a_bad_config_file_is_named_with_its_key(tmp_path, dataset, text, message):
     file = tmp_path / "bad config.yaml"
     file.write_text(text)
     result = invoke("train", "--config", file, "--data", dataset, "--out", tmp_path / "run")
     assert result.exit_code == 2 and message in result.output and str(file) in result.output, result.output
+
+
+def test_a_config_file_of_nested_aliases_is_refused_at_once(tmp_path, dataset):
+    """YAML aliases make a 1 kB file hold 10^9 strings: the message quotes a few of them, and returns at once."""
+    levels = ["&a [x, x, x, x, x, x, x, x, x, x]"] + [
+        f"&{b} [{', '.join(['*' + a] * 10)}]" for a, b in zip("abcdefgh", "bcdefghi", strict=True)]
+    file = tmp_path / "aliases.yaml"
+    file.write_text(f"batch_size: [{', '.join(levels)}]")
+    result = invoke("train", "--config", file, "--data", dataset, "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "batch_size must be an integer, got [[" in result.output, result.output
+    assert len(result.output) < 1000
 
 
 def test_resume_refuses_changed_settings(tmp_path, dataset):

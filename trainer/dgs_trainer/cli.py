@@ -6,6 +6,7 @@ Errors are `DgsError`s, reported by the `dgs` group in one place (``Error: ...``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -81,8 +82,6 @@ def train(config_file, resume_run, progress, **flags) -> None:
 
     Defaults are each method's published recipe; see the README for where each setting comes from.
     """
-    import dataclasses
-
     from .train import fit
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

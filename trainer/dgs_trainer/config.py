@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import reprlib
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -33,7 +34,9 @@ __all__ = [
     "config_to_dict",
     "legacy_config",
     "option_leaves",
+    "parse_text_value",
     "read_config_file",
+    "shown",
     "type_alternatives",
 ]
 
@@ -43,6 +46,14 @@ CONFIG_FORMAT = 2
 PREPROCESS = ("patch-select", "clip")
 SMALL_IMAGES = ("pad", "resize")
 MAX_CONFIG_FILE_BYTES = 1024**2
+# Values quoted in messages: YAML aliases can make a 1 kB file hold a structure too large to ever print.
+_QUOTE = reprlib.Repr()
+_QUOTE.maxlevel, _QUOTE.maxlist, _QUOTE.maxdict, _QUOTE.maxstring, _QUOTE.maxother, _QUOTE.maxlong = 3, 4, 4, 60, 60, 40
+
+
+def shown(value: Any) -> str:
+    """A value as an error message quotes it: its repr, cut short."""
+    return _QUOTE.repr(value)
 
 
 @dataclass
@@ -153,17 +164,10 @@ class TrainConfig:
         values = dict(values)
         if out is not None:
             values["out"] = out
-        method = values.get("method", "dgs")
-        if not isinstance(method, str) or method not in METHODS:
-            raise ConfigError(f"{source}: method {method!r} is unknown (expected one of {', '.join(METHODS)})")
         options = values.pop("options", None)
-        config = _build(cls, values, source, "", skip=("options",))
-        config.options = _build(METHODS[method].options_type, {} if options is None else options, source, "options.")
-        try:
-            config.__post_init__()
-        except ConfigError as e:
-            raise ConfigError(f"{source}: {e}") from None
-        return config
+        options = _build(_method_of(values, source).options_type, {} if options is None else options, source,
+                         "options.")
+        return _build(cls, values, source, "", given={"options": options})
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -184,6 +188,28 @@ def type_alternatives(hint: Any) -> tuple[Any, ...]:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return typing.get_args(hint)
     return (hint,)
+
+
+def parse_text_value(value: Any, hint: Any, name: str) -> Any:
+    """A setting written as text (a flag, or a run written before ``format`` 2) as the config value: a list setting
+    is comma-separated (``q,k,v``), and ``all`` stands for None where the setting may be None (every block).
+
+    Raises:
+        ConfigError: a list item of the wrong type; the message names ``name``.
+    """
+    kinds = type_alternatives(hint)
+    tuple_kind = next((k for k in kinds if typing.get_origin(k) is tuple), None)
+    if tuple_kind is None or not isinstance(value, str):
+        return value
+    if type(None) in kinds and value.strip().lower() == "all":
+        return None
+    item = typing.get_args(tuple_kind)[0]
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    try:
+        return [item(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"{name} must be comma-separated {'integers' if item is int else 'names'}"
+                          + (" or 'all'" if type(None) in kinds else "") + f", got {value!r}") from None
 
 
 def _describe(kind: Any) -> str:
@@ -224,18 +250,28 @@ def _convert(value: Any, kind: Any, source: str | os.PathLike, key: str) -> tupl
     return isinstance(value, kind), value
 
 
-def _build(cls: type, values: Any, source: str | os.PathLike, prefix: str, skip: tuple[str, ...] = ()) -> Any:
+def _method_of(values: Mapping[str, Any], source: str | os.PathLike) -> type:
+    """The registered method a config mapping names (``dgs`` when it names none)."""
+    method = values.get("method", "dgs")
+    if not isinstance(method, str) or method not in METHODS:
+        raise ConfigError(f"{source}: method {shown(method)} is unknown (expected one of {', '.join(METHODS)})")
+    return METHODS[method]
+
+
+def _build(cls: type, values: Any, source: str | os.PathLike, prefix: str, given: Mapping[str, Any] | None = None
+           ) -> Any:
+    """``cls`` from a JSON/YAML mapping, every key known and of its declared type; ``given`` are arguments already
+    built (not read from ``values``)."""
+    given = dict(given or {})
     if not isinstance(values, Mapping):
-        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the config'} must be a mapping, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
-    unknown = sorted(set(values) - set(fields) - set(skip))
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the config'} must be a mapping, got {shown(values)}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in given}
+    unknown = sorted(set(values) - set(fields), key=str)  # YAML keys need not be strings
     if unknown:
-        raise ConfigError(f"{source}: unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(fields))})")
+        raise ConfigError(f"{source}: unknown key {prefix}{str(unknown[0])[:60]} (known: {', '.join(sorted(fields))})")
     hints = typing.get_type_hints(cls)
-    arguments = {}
+    arguments = given
     for name, value in values.items():
-        if name in skip:
-            continue
         key = prefix + name
         kinds = type_alternatives(hints[name])
         for kind in kinds:
@@ -245,7 +281,7 @@ def _build(cls: type, values: Any, source: str | os.PathLike, prefix: str, skip:
                 break
         else:
             expected = " or ".join(_describe(kind) for kind in kinds)
-            raise ConfigError(f"{source}: {key} must be {expected}, got {value!r}")
+            raise ConfigError(f"{source}: {key} must be {expected}, got {shown(value)}")
     missing = [name for name, f in fields.items() if name not in arguments and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -306,10 +342,7 @@ def legacy_config(values: Any, source: str | os.PathLike, out: str | None = None
     """
     if not isinstance(values, Mapping):
         raise ConfigError(f"{source}: expected a mapping of settings, found {type(values).__name__}")
-    method = values.get("method", "dgs")
-    if not isinstance(method, str) or method not in METHODS:
-        raise ConfigError(f"{source}: method {method!r} is unknown (expected one of {', '.join(METHODS)})")
-    option_keys = {key for key, *_ in option_leaves(METHODS[method].options_type, ())}
+    option_hints = {key: hint for key, hint, *_ in option_leaves(_method_of(values, source).options_type)}
     run: dict[str, Any] = {"quick_gelu": False, "small_images": "resize"}
     options: dict[str, Any] = {}
     for name, value in values.items():
@@ -319,23 +352,17 @@ def legacy_config(values: Any, source: str | os.PathLike, out: str | None = None
             run[name] = value
             continue
         key = _LEGACY_KEYS[name]
-        if key not in option_keys or value is None:  # another method's setting, or "the method's default"
+        if key not in option_hints or value is None:  # another method's setting, or "the method's default"
             continue
-        if name in ("lora_targets", "lora_blocks"):
-            if not isinstance(value, str):
-                raise ConfigError(f"{source}: config key {name!r} must be a string, got {value!r}")
-            value = None if value == "all" else value.split(",")
-            if name == "lora_blocks" and value is not None:
-                try:
-                    value = [int(v) for v in value]
-                except ValueError:
-                    raise ConfigError(f"{source}: config key 'lora_blocks' must be 'all' or integers, got "
-                                      f"{values[name]!r}") from None
+        try:
+            value = parse_text_value(value, option_hints[key], f"config key {name!r}")  # "q,k,v", "all"
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
         node = options
         for part in key[:-1]:
             node = node.setdefault(part, {})
         node[key[-1]] = value
-    if ("lora", "scaling") in option_keys:
+    if ("lora", "scaling") in option_hints:
         options.setdefault("lora", {})["scaling"] = "linear"
     run["options"] = options
     return TrainConfig.from_dict(run, source, out)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .config import TrainConfig, option_leaves, read_config_file, type_alternatives
+from .config import TrainConfig, option_leaves, parse_text_value, read_config_file, shown
 from .errors import ConfigError
 from .methods import METHODS
 
@@ -60,20 +60,8 @@ def option_flags() -> list[OptionFlag]:
 
 
 def parse_flag_value(flag: OptionFlag, value: Any) -> Any:
-    """A flag's command-line text as the config value: comma lists for tuples, ``all`` for no block selection."""
-    kinds = type_alternatives(flag.kind)
-    tuple_kind = next((k for k in kinds if typing.get_origin(k) is tuple), None)
-    if tuple_kind is None or not isinstance(value, str):
-        return value
-    if type(None) in kinds and value.strip().lower() == "all":
-        return None
-    item = typing.get_args(tuple_kind)[0]
-    parts = [p.strip() for p in value.split(",") if p.strip()]
-    try:
-        return [item(p) for p in parts]
-    except ValueError:
-        raise ConfigError(f"{flag.flag} must be comma-separated {'integers' if item is int else 'names'}"
-                          + (" or 'all'" if type(None) in kinds else "") + f", got {value!r}") from None
+    """A flag's command-line text as the config value (see `parse_text_value`)."""
+    return parse_text_value(value, flag.kind, flag.flag)
 
 
 def config_from_flags(given: Mapping[str, Any], file: str | os.PathLike | None = None) -> TrainConfig:
@@ -101,14 +89,14 @@ def config_from_flags(given: Mapping[str, Any], file: str | os.PathLike | None =
             raise ConfigError(f"{flag.flag} does not apply to method {method} (it is an option of "
                               f"{', '.join(flag.methods)})")
         if not isinstance(options, dict):
-            raise ConfigError(f"{file}: options must be a mapping, got {options!r}")
+            raise ConfigError(f"{file}: options must be a mapping, got {shown(options)}")
         node = options
         for part in flag.key[1:-1]:
             existing = node.get(part)
             node[part] = dict(existing) if isinstance(existing, Mapping) else ({} if existing is None else existing)
             node = node[part]
             if not isinstance(node, dict):
-                raise ConfigError(f"{file}: options.{part} must be a mapping, got {node!r}")
+                raise ConfigError(f"{file}: options.{part} must be a mapping, got {shown(node)}")
         node[flag.key[-1]] = value
     if options or "options" in values:
         values["options"] = options

@@ -66,18 +66,26 @@ class TrainableModule(Protocol):
         """The deployable network: image ``[B, 3, S, S]`` -> logit of "fake" ``[B]``."""
 
 
-class Method(Protocol):
-    """A training method. ``options`` is an instance of ``options_type`` (the method's settings)."""
+class Method:
+    """A training method: subclasses set the class attributes, ``build`` and ``describe``, and override the rest
+    where they differ. ``options`` is an instance of ``options_type`` (the method's settings).
+
+    The defaults: one stage, named after the method, of ``options.epochs`` epochs, trained with ``options.adam``
+    (`AdamOptions`); nothing to prepare, nothing to keep between stages.
+    """
 
     name: ClassVar[str]
     summary: ClassVar[str]
     options_type: ClassVar[type]
     preprocess: ClassVar[str]  # default transform of the model input
     small_images: ClassVar[str]  # default policy for images too small for patch-select
-    options: Any
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
 
     def stages(self) -> list[Stage]:
         """The stages in training order; the last one trains the module that is exported."""
+        return [Stage(self.name, self.options.epochs)]
 
     def prepare(self, context: MethodContext) -> None:
         """Read what training needs besides images (DGS-Net's captions) before any stage runs, so that a missing
@@ -85,15 +93,18 @@ class Method(Protocol):
 
     def build(self, stage: str, context: MethodContext) -> nn.Module:
         """The `TrainableModule` of ``stage``, freshly initialised."""
+        raise NotImplementedError
 
     def optimizer(self, stage: str, module: nn.Module, steps_per_epoch: int, epochs: int):
         """The optimizer of ``stage`` and its per-step learning-rate schedule (None for a constant rate)."""
+        return self.options.adam(module)
 
     def stage_finished(self, stage: str, module: nn.Module, context: MethodContext) -> None:
         """Keep what later stages need (DGS-Net's probe head) once ``stage`` has trained."""
 
     def describe(self) -> dict[str, Any]:
         """The method's entries in a model package's ``architecture``."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from ..checkpoint import atomic_save, load_head, trained_state
 from ..errors import TrainError
 from ..lora import LoRAConfig, apply_lora, lora_parameters, merged_copy
 from ..models import ClipImageDetector
-from .base import AdamOptions, MethodContext, Stage, help_of
+from .base import AdamOptions, Method, MethodContext, Stage, help_of
 from .lora import check_lora_blocks, lora_description
 from .probe import LinearProbe
 
@@ -158,7 +158,7 @@ class DGSConfig(AdamOptions):
             raise ValueError(f"probe_epochs must be at least 1, got {self.probe_epochs}")
 
 
-class DGSMethod:
+class DGSMethod(Method):
     """DGS-Net: a linear probe on the frozen encoder, then LoRA trained with distillation-guided gradient surgery."""
 
     name = "dgs"
@@ -168,7 +168,7 @@ class DGSMethod:
     small_images = "pad"
 
     def __init__(self, options: DGSConfig) -> None:
-        self.options = options
+        super().__init__(options)
         self._caption_tokens: torch.Tensor | None = None
 
     def stages(self) -> list[Stage]:
@@ -191,9 +191,6 @@ class DGSMethod:
         probe_head = load_head(context.probe_file, visual.output_dim)
         tokens = self._caption_tokens if context.samples is not None else None
         return DGSNet(context.clip, probe_head, self.options.lora, self.options.help_weight, tokens)
-
-    def optimizer(self, stage: str, module: nn.Module, steps_per_epoch: int, epochs: int):
-        return self.options.adam(module)
 
     def stage_finished(self, stage: str, module: nn.Module, context: MethodContext) -> None:
         if stage == "probe":  # stage 2's frozen probe_fc

@@ -13,7 +13,7 @@ from torch import nn
 from ..errors import TrainError
 from ..lora import LoRAConfig, apply_lora, lora_parameters, merged_copy
 from ..models import ClipImageDetector
-from .base import AdamOptions, MethodContext, Stage
+from .base import AdamOptions, Method, MethodContext
 
 __all__ = ["LoRAClassifier", "LoRAClassifierConfig", "LoRAMethod", "check_lora_blocks", "lora_description"]
 
@@ -62,7 +62,7 @@ def lora_description(lora: LoRAConfig) -> dict[str, Any]:
             "lora_scaling": lora.scaling}
 
 
-class LoRAMethod:
+class LoRAMethod(Method):
     """LoRA on q, k, v of the image encoder and a linear head, plain BCE (DGS-Net's ablation without surgery)."""
 
     name = "lora"
@@ -71,23 +71,11 @@ class LoRAMethod:
     preprocess = "patch-select"
     small_images = "pad"
 
-    def __init__(self, options: LoRAClassifierConfig) -> None:
-        self.options = options
-
-    def stages(self) -> list[Stage]:
-        return [Stage("lora", self.options.epochs)]
-
     def prepare(self, context: MethodContext) -> None:
         check_lora_blocks(self.options.lora, context)
 
     def build(self, stage: str, context: MethodContext) -> LoRAClassifier:
         return LoRAClassifier(context.clip.visual, self.options.lora)
-
-    def optimizer(self, stage: str, module: nn.Module, steps_per_epoch: int, epochs: int):
-        return self.options.adam(module)
-
-    def stage_finished(self, stage: str, module: nn.Module, context: MethodContext) -> None:
-        pass
 
     def describe(self) -> dict[str, Any]:
         return lora_description(self.options.lora)

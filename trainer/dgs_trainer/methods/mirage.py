@@ -34,7 +34,7 @@ from open_clip.transformer import VisionTransformer, text_global_pool
 from torch import nn
 
 from ..errors import TrainError
-from .base import MethodContext, Stage, help_of
+from .base import Method, MethodContext, help_of
 
 __all__ = [
     "CLASS_NAMES",
@@ -386,7 +386,7 @@ class PromptedImageDetector(nn.Module):
         return logits[:, 1] - logits[:, 0]
 
 
-class MiraGeMethod:
+class MiraGeMethod(Method):
     """MiraGe: multimodal deep prompts on a frozen CLIP, CE + supervised contrastive loss on text anchors."""
 
     name = "mirage"
@@ -394,15 +394,6 @@ class MiraGeMethod:
     options_type = MiraGeConfig
     preprocess = "clip"
     small_images = "resize"
-
-    def __init__(self, options: MiraGeConfig) -> None:
-        self.options = options
-
-    def stages(self) -> list[Stage]:
-        return [Stage("mirage", self.options.epochs)]
-
-    def prepare(self, context: MethodContext) -> None:
-        pass
 
     def build(self, stage: str, context: MethodContext) -> MiraGe:
         import open_clip
@@ -424,9 +415,6 @@ class MiraGeMethod:
         constant = schedulers.ConstantLR(optimizer, factor=options.warmup_lr / options.lr, total_iters=warmup)
         cosine = schedulers.CosineAnnealingLR(optimizer, T_max=total - warmup)
         return optimizer, schedulers.SequentialLR(optimizer, [constant, cosine], milestones=[warmup])
-
-    def stage_finished(self, stage: str, module: nn.Module, context: MethodContext) -> None:
-        pass
 
     def describe(self) -> dict[str, Any]:
         # The text branch is folded into a constant 2 x D anchor matrix.

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..models import ClipImageDetector
-from .base import AdamOptions, MethodContext, Stage, help_of
+from .base import AdamOptions, Method, MethodContext, help_of
 
 __all__ = ["LinearProbe", "ProbeConfig", "ProbeMethod"]
 
@@ -49,7 +49,7 @@ class ProbeConfig(AdamOptions):
     epochs: int = field(default=3, metadata=help_of("Epochs of the method's own stage."))
 
 
-class ProbeMethod:
+class ProbeMethod(Method):
     """UniversalFakeDetect's baseline: a linear head on frozen CLIP image features."""
 
     name = "probe"
@@ -58,23 +58,8 @@ class ProbeMethod:
     preprocess = "patch-select"
     small_images = "pad"
 
-    def __init__(self, options: ProbeConfig) -> None:
-        self.options = options
-
-    def stages(self) -> list[Stage]:
-        return [Stage("probe", self.options.epochs)]
-
-    def prepare(self, context: MethodContext) -> None:
-        pass
-
     def build(self, stage: str, context: MethodContext) -> LinearProbe:
         return LinearProbe(context.clip.visual, context.clip.visual.output_dim)
-
-    def optimizer(self, stage: str, module: nn.Module, steps_per_epoch: int, epochs: int):
-        return self.options.adam(module)
-
-    def stage_finished(self, stage: str, module: nn.Module, context: MethodContext) -> None:
-        pass
 
     def describe(self) -> dict[str, Any]:
         return {"head": "linear", "lora_merged": False}
