@@ -98,8 +98,8 @@ class PreprocessTiming:
 
 @dataclass
 class BenchRow:
-    """One backend x precision x batch: ``latency`` is one inference call of ``batch`` images; ``reason`` says
-    why a combination was not timed (its timings are then None)."""
+    """One backend x precision x batch: ``latency`` is one inference call of ``batch`` images, ``ms_per_image``
+    its median over the batch; ``reason`` says why a combination was not timed (its timings are then None)."""
 
     backend: str
     precision: str
@@ -111,7 +111,7 @@ class BenchRow:
 
     @property
     def ms_per_image(self) -> float | None:
-        return None if self.latency is None or not self.batch else self.latency.mean / self.batch
+        return None if self.latency is None or not self.batch else self.latency.p50 / self.batch
 
 
 @dataclass

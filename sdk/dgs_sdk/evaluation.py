@@ -85,7 +85,7 @@ def evaluate_package(config: PackageEvalConfig, progress: bool = False) -> dict[
         "package": {
             "path": str(config.model),
             "precision": detector.precision,
-            "file": backend.model_file,
+            "file": detector.manifest.variants[detector.precision].file,
             "sha256": backend.model_sha256,
         },
         "backend": backend.name,
