@@ -21,6 +21,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from conftest import write_image  # noqa: E402
 from dgs_sdk.cli import main  # noqa: E402
+from dgs_sdk.data import load_samples  # noqa: E402
 from dgs_sdk.image import load_image  # noqa: E402
 from dgs_sdk.preprocess import preprocess_batch  # noqa: E402
 from dgs_trainer.captioning import (  # noqa: E402
@@ -30,7 +31,6 @@ from dgs_trainer.captioning import (  # noqa: E402
     caption_images,
 )
 from dgs_trainer.captions import CaptionError, load_captions, read_caption_table  # noqa: E402
-from dgs_trainer.data import load_samples  # noqa: E402
 
 ARCH = "dgs-test-coca"
 # open_clip's coca_ViT-B-32 shrunk to one narrow layer per tower on 32-pixel images. The vocabulary stays CLIP's,

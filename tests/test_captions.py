@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("torch")
 
+from dgs_sdk.data import FAKE, REAL, Sample  # noqa: E402
 from dgs_trainer.captions import MISSING_CAPTION, CaptionError, load_captions  # noqa: E402
-from dgs_trainer.data import FAKE, REAL, Sample  # noqa: E402
 
 
 def test_keys_match_absolute_root_relative_and_cwd_relative(tmp_path, monkeypatch, caplog):

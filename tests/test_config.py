@@ -227,8 +227,8 @@ def test_option_flags_are_one_per_key_and_documented():
 
 def test_every_user_facing_error_is_a_dgs_error(tmp_path):
     from dgs_export.onnx_export import ExportError, ParityError
+    from dgs_sdk.data import DataLayoutError
     from dgs_trainer.captions import CaptionError
-    from dgs_trainer.data import DataLayoutError
     from dgs_trainer.errors import RunFolderError
 
     for error in (TrainError, ConfigError, RunFolderError, DataLayoutError, CaptionError, ExportError, ParityError):
@@ -245,8 +245,8 @@ def test_dgs_needs_captions_and_never_hands_the_label_to_the_text_branch(tmp_pat
     assert DGSConfig().captions is None
     some = tmp_path / "some.json"
     some.write_text(json.dumps({"blocky/0_real/0.png": "a portrait", "blocky/1_fake/0.png": "a portrait"}))
+    from dgs_sdk.data import load_samples
     from dgs_trainer.captions import MISSING_CAPTION, load_captions
-    from dgs_trainer.data import load_samples
 
     captions = load_captions(load_samples(dataset), dataset, some)
     assert captions.count("a portrait") == 2 and set(captions) == {"a portrait", MISSING_CAPTION}
@@ -254,8 +254,8 @@ def test_dgs_needs_captions_and_never_hands_the_label_to_the_text_branch(tmp_pat
 
 
 def test_eval_tta_averages_logits_over_seeded_mosaic_orders(tmp_path, dataset):
+    from dgs_sdk.data import load_samples
     from dgs_sdk.detector import sigmoid
-    from dgs_trainer.data import load_samples
     from dgs_trainer.dataset import ImageDataset
     from dgs_trainer.eval_run import EvalConfig, evaluate_run
 

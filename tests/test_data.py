@@ -13,7 +13,7 @@ from dgs_sdk.image import load_image
 
 torch = pytest.importorskip("torch")
 
-from dgs_trainer.data import FAKE, REAL, DataLayoutError, discover_samples, read_manifest  # noqa: E402
+from dgs_sdk.data import FAKE, REAL, DataLayoutError, discover_samples, read_manifest  # noqa: E402
 from dgs_trainer.dataset import ImageDataset, collate_skipping_unreadable  # noqa: E402
 
 

@@ -21,7 +21,7 @@ from conftest import tiny_config, write_image  # noqa: E402
 from dgs_export.run_export import ExportConfig, export_run  # noqa: E402
 from dgs_sdk import ModelPackage  # noqa: E402
 from dgs_sdk.cli import main  # noqa: E402
-from dgs_trainer.data import read_manifest  # noqa: E402
+from dgs_sdk.data import read_manifest  # noqa: E402
 from dgs_trainer.train import fit  # noqa: E402
 
 # DGS-Net (probe stage, then surgery) on 24 images in batches of 4: steps 1-6 and 7-12, a checkpoint every 4 steps,

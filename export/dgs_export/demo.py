@@ -21,11 +21,11 @@ from typing import Any
 import click
 
 from dgs_sdk.errors import DgsError
+from dgs_sdk.metrics import format_table
 from dgs_sdk.scan import ScanConfig, scan
 from dgs_trainer.config import TrainConfig
 from dgs_trainer.demo_data import DemoDataConfig, make_demo_dataset
 from dgs_trainer.eval_run import EvalConfig, evaluate_run
-from dgs_trainer.evaluate import format_table
 from dgs_trainer.lora import LoRAConfig
 from dgs_trainer.methods.dgs import DGSConfig
 from dgs_trainer.methods.mirage import MiraGeConfig, PromptConfig

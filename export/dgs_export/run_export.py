@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dgs_sdk.data import load_samples
 from dgs_sdk.errors import DgsError
 from dgs_sdk.image import load_image
 from dgs_sdk.scan import discover
-from dgs_trainer.data import load_samples
 from dgs_trainer.eval_run import run_threshold
 from dgs_trainer.run_folder import RunFolder
 

@@ -14,7 +14,9 @@ import click
 
 from . import __version__
 from .backends import BACKENDS, available_backends
+from .bench_cli import bench_command
 from .errors import DgsError
+from .eval_cli import eval_command
 from .package import PRECISIONS
 
 __all__ = ["main"]
@@ -24,7 +26,6 @@ __all__ = ["main"]
 # verbs work without torch. A missing extra turns into an error that names it.
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("dgs_trainer.cli", "train", "train"),
-    "eval": ("dgs_trainer.cli", "eval_command", "train"),
     "caption": ("dgs_trainer.cli", "caption_command", "train"),
     "export": ("dgs_export.cli", "export_command", "export"),
     "demo": ("dgs_export.demo", "demo_command", "export"),
@@ -144,6 +145,10 @@ def scan(paths, model, out, threshold, batch_size, workers, recursive, hidden, f
     if out:
         click.echo(f"results written to {out}", err=True)
     sys.exit(summary.exit_code)
+
+
+main.add_command(eval_command)
+main.add_command(bench_command)
 
 
 def _version_of(distribution: str) -> str:

@@ -9,6 +9,7 @@ __all__ = [
     "ImageTooSmall",
     "ModelPackageError",
     "BackendUnavailable",
+    "EvaluationError",
 ]
 
 
@@ -34,3 +35,7 @@ class ModelPackageError(DgsError):
 
 class BackendUnavailable(DgsError):
     """An inference backend cannot be used here; the message names what to install."""
+
+
+class EvaluationError(DgsError, ValueError):
+    """Labelled data or options that cannot give an evaluation or a benchmark; the message names the value at fault."""

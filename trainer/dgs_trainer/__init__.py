@@ -6,17 +6,11 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the installed extras
     raise ImportError(f"dgs_trainer needs the train extra: pip install 'dgs[train]' ({e})") from e
 
-from .data import DataLayoutError, Sample, discover_samples, load_samples, read_manifest
 from .models import ClipImageDetector, build_image_detector, create_clip, list_archs
 
 __all__ = [
     "ClipImageDetector",
-    "DataLayoutError",
-    "Sample",
     "build_image_detector",
     "create_clip",
-    "discover_samples",
     "list_archs",
-    "load_samples",
-    "read_manifest",
 ]

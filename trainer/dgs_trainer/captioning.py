@@ -2,7 +2,7 @@
 
 `caption_images` captions every image of a data root into a JSON object ``{image path: caption}``: the file
 `dgs_trainer.captions.load_captions` reads, in the form DGS-Net's own code reads. Keys are the sample paths as
-`dgs_trainer.data.load_samples` gives them (``os.path.join(root, generator, "0_real", file)`` for ForenSynths).
+`dgs_sdk.data.load_samples` gives them (``os.path.join(root, generator, "0_real", file)`` for ForenSynths).
 
 The captioner sees pixels only: each image is decoded by `dgs_sdk.image.load_image` and preprocessed like the
 CoCa weights expect, and neither its path, its folder names nor its label reach the model. A caption therefore
@@ -31,11 +31,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from dgs_sdk.data import load_samples
 from dgs_sdk.errors import DgsError
 from dgs_sdk.preprocess import PreprocessSpec
 
 from .captions import CaptionError, _keys, read_caption_table, write_caption_table
-from .data import load_samples
 from .dataset import ImageDataset, ImageUsage, collate_skipping_unreadable
 from .methods.base import help_of
 from .models import create_clip, list_archs

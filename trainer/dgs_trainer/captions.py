@@ -15,10 +15,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from dgs_sdk.data import Sample
 from dgs_sdk.errors import DgsError
 from dgs_sdk.files import AtomicFile, read_regular
-
-from .data import Sample
 
 __all__ = ["MISSING_CAPTION", "CaptionError", "load_captions", "read_caption_table", "write_caption_table"]
 

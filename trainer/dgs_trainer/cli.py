@@ -1,5 +1,5 @@
-"""`dgs train`, `dgs eval` and `dgs caption`: thin layers over `dgs_trainer.train`, `dgs_trainer.eval_run` and
-`dgs_trainer.captioning`.
+"""`dgs train` and `dgs caption`: thin layers over `dgs_trainer.train` and `dgs_trainer.captioning` (`dgs eval`
+lives in `dgs_sdk.eval_cli` and calls `dgs_trainer.eval_run` for a run).
 
 Errors are `DgsError`s, reported by the `dgs` group in one place (``Error: ...``, exit code 2).
 """
@@ -7,11 +7,9 @@ Errors are `DgsError`s, reported by the `dgs` group in one place (``Error: ...``
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import sys
 import typing
-from pathlib import Path
 
 import click
 
@@ -20,7 +18,7 @@ from .flags import OptionFlag, config_from_flags, option_flags
 from .methods import METHODS
 from .run_folder import RunFolder
 
-__all__ = ["caption_command", "eval_command", "train"]
+__all__ = ["caption_command", "train"]
 
 # Settings that may change when a run is resumed (where and how fast it runs, not what it learns).
 RESUMABLE_OVERRIDES = ("device", "workers")
@@ -101,47 +99,6 @@ def train(config_file, resume_run, progress, **flags) -> None:
         click.echo(f"\ninterrupted: continue with  dgs train --resume {resume_run or config.out}", err=True)
         sys.exit(130)
     click.echo(f"run written to {run}", err=True)
-
-
-@click.command("eval")
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--data", required=True, help="Labelled data root or CSV manifest to evaluate on.")
-@click.option("--split", help="Only images under a folder of this name (e.g. val).")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
-              help="Decision threshold [default: the run's calibrated threshold, else 0.5].")
-@click.option("--calibrate", is_flag=True,
-              help="Choose the threshold that maximises balanced accuracy on --data and store it in the run "
-                   "(use validation data, never the test set).")
-@click.option("--tta", type=click.IntRange(min=1), default=1, show_default=True,
-              help="patch-select runs: average each image's logit over K seeded mosaic orders, as the official "
-                   "evaluation shuffles the mosaic (1: the deterministic order the deployed model uses).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the metrics as JSON here.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
-def eval_command(run, data, split, threshold, calibrate, tta, json_out, batch_size, device, workers) -> None:
-    """Accuracy, real/fake accuracy, AP and ROC-AUC of a run, per generator and on average."""
-    from .eval_run import EvalConfig, evaluate_run
-    from .evaluate import format_table
-
-    config = EvalConfig(run=run, data=data, split=split, threshold=threshold, calibrate=calibrate, tta=tta,
-                        batch_size=batch_size, device=device, workers=workers)
-    if json_out and not Path(json_out).resolve().parent.is_dir():
-        raise ConfigError(f"{json_out}: cannot write the metrics, its folder does not exist")
-    owned = RunFolder(run).entry_holding(json_out) if json_out else None
-    if owned:
-        raise ConfigError(f"--json {json_out}: {owned} belongs to the run, the metrics cannot be written over it "
-                          "or into it")
-    report = evaluate_run(config)
-    click.echo(format_table(report["metrics"]))
-    oracle = report["oracle_threshold"]
-    click.echo(f"threshold {report['threshold']:.4f} ({report['threshold_source']}); " + (
-        f"oracle threshold on this data {oracle:.4f} (balanced accuracy {report['oracle_balanced_accuracy']:.4f})"
-        if oracle is not None else "no oracle threshold (the data holds one class only)"))
-    if report["unreadable"]:
-        click.echo(f"{report['unreadable']} unreadable images were skipped", err=True)
-    if json_out:
-        Path(json_out).write_text(json.dumps(report, indent=2))
 
 
 # `dgs caption`: help for each CaptionConfig field but data (the argument); flags and defaults come from the dataclass.

@@ -10,11 +10,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dgs_sdk.data import FAKE, REAL, Sample
 from dgs_sdk.errors import DgsError
 from dgs_sdk.image import load_image
 from dgs_sdk.preprocess import PreprocessSpec, crop_image, normalize
-
-from .data import FAKE, REAL, Sample
 
 __all__ = ["ImageDataset", "ImageUsage", "collate_skipping_unreadable"]
 

@@ -6,15 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from dgs_sdk.data import load_samples
+from dgs_sdk.metrics import metrics_by_generator, oracle_threshold, probabilities_by_path, require_scores
 
-from .data import load_samples
 from .errors import ConfigError, TrainError
-from .evaluate import best_balanced_threshold, metrics_by_generator, predict_samples
+from .evaluate import predict_samples
 from .run_folder import CALIBRATION_FILE, RunFolder
 from .train import resolve_device
 
-__all__ = ["CALIBRATION_FILE", "EvalConfig", "evaluate_run", "run_threshold"]
+__all__ = ["CALIBRATION_FILE", "EvalConfig", "check_report_path", "evaluate_run", "run_threshold"]
 
 
 @dataclass
@@ -41,6 +41,17 @@ def run_threshold(run: str | Path) -> tuple[float, str]:
     return RunFolder(run).read_threshold()
 
 
+def check_report_path(run: str | Path, out: str | Path) -> None:
+    """Refuse to write a report (``--json``) over one of the run's own files or into its folders.
+
+    Raises:
+        ConfigError: naming ``out`` and the run's entry it would destroy.
+    """
+    owned = RunFolder(run).entry_holding(out)
+    if owned:
+        raise ConfigError(f"--json {out}: {owned} belongs to the run, the metrics cannot be written over it or into it")
+
+
 def evaluate_run(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     """Metrics of a run on ``config.data``.
 
@@ -62,16 +73,10 @@ def evaluate_run(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
         loaded.model, samples, loaded.spec, config.batch_size, device, config.workers, progress=progress,
         tta=config.tta,
     )
-    if unreadable == len(samples):
-        raise TrainError(f"{config.data}: none of its {len(samples)} images could be read (e.g. {samples[0].path}); "
-                         "there is nothing to evaluate")
-    labels = np.array([s.label for s in samples])
-    try:
-        oracle, oracle_accuracy = best_balanced_threshold(labels, probabilities)
-    except ValueError:
-        oracle, oracle_accuracy = float("nan"), float("nan")
+    require_scores(config.data, samples, probabilities)
+    oracle, oracle_accuracy = oracle_threshold(samples, probabilities)
     if config.calibrate:
-        if np.isnan(oracle):
+        if oracle is None:
             raise TrainError(f"{config.data}: calibration needs both real and fake images")
         RunFolder(config.run).write_calibration({"threshold": oracle, "balanced_accuracy": oracle_accuracy,
                                                  "data": str(config.data), "split": config.split})
@@ -80,14 +85,13 @@ def evaluate_run(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     return {
         "run": str(config.run),
         "data": str(config.data),
+        "split": config.split,
         "threshold": threshold,
         "threshold_source": source,
         "tta": config.tta,
-        "oracle_threshold": None if np.isnan(oracle) else oracle,  # None: the data holds one class only
-        "oracle_balanced_accuracy": None if np.isnan(oracle_accuracy) else oracle_accuracy,
+        "oracle_threshold": oracle,  # None: the data holds one class only
+        "oracle_balanced_accuracy": oracle_accuracy,
         "unreadable": unreadable,
         "metrics": metrics_by_generator(samples, probabilities, threshold),
-        "probabilities": {
-            s.path: (None if np.isnan(p) else float(p)) for s, p in zip(samples, probabilities, strict=True)
-        },
+        "probabilities": probabilities_by_path(samples, probabilities),
     }

@@ -20,12 +20,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from dgs_sdk.data import FAKE, REAL, Sample, load_samples
+from dgs_sdk.metrics import metrics_by_generator
+
 from .checkpoint import Position, load_trained_state, restore_optimizer, restore_rng, restore_schedule, save_checkpoint
 from .config import TrainConfig
-from .data import FAKE, REAL, Sample, load_samples
 from .dataset import ImageDataset, ImageUsage, collate_skipping_unreadable
 from .errors import RunFolderError, TrainError
-from .evaluate import metrics_by_generator, predict_samples
+from .evaluate import predict_samples
 from .methods import MethodContext
 from .run_folder import MetricsLog, RunFolder
 

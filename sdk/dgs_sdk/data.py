@@ -1,4 +1,4 @@
-"""Labelled images from the folder layouts researchers already have, and a dataset that feeds them to torch.
+"""Labelled images from the folder layouts researchers already have: what training and evaluation read.
 
 Layouts found under a data root, recursively (extensions as in `dgs_sdk.scan.IMAGE_EXTENSIONS`, any case):
 
@@ -19,8 +19,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dgs_sdk.errors import DgsError
-from dgs_sdk.scan import IMAGE_EXTENSIONS
+from .errors import DgsError
+from .scan import IMAGE_EXTENSIONS
 
 __all__ = [
     "REAL",
