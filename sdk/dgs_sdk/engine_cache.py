@@ -71,6 +71,7 @@ __all__ = [
     "EngineKey",
     "cache_dir",
     "canonical_json",
+    "describe_engines",
 ]
 
 CACHE_FORMAT = 1
@@ -463,3 +464,16 @@ def _writer_alive(tmp: Path) -> bool:
     except (PermissionError, OverflowError):
         return True
     return True
+
+
+def describe_engines(cache: EngineCache | None = None) -> list[str]:
+    """Lines that list the cached engines (plan, package, precision, batch profile, size), for `dgs info`."""
+    cache = cache or EngineCache()
+    entries = cache.entries()
+    lines = [f"TensorRT engines in {cache.folder}: {len(entries) or 'none'}"]
+    for e in entries:
+        lines.append(f"  {e.plan.name}")
+        lines.append(f"    package {e.package}, {e.precision}, batch {e.fields.get('profile')}, "
+                     f"{e.plan_bytes / 1e6:.1f} MB, TensorRT {e.fields.get('tensorrt')} on {e.fields.get('gpu')}, "
+                     f"built {e.built} in {e.build_seconds:.1f} s")
+    return lines

@@ -46,6 +46,7 @@ __all__ = [
     "TensorRTLog",
     "engine_profile",
     "network_flags",
+    "prepare_engine",
     "probe_cuda",
 ]
 
@@ -213,6 +214,15 @@ class TensorRTBackend(Backend):
     def is_available(cls) -> bool:
         """tensorrt and pycuda import, and the CUDA driver sees a device (asked once per process)."""
         return _available()
+
+    @classmethod
+    def unavailable_reason(cls) -> str:
+        try:
+            import_tensorrt()
+            probe_cuda(0)
+        except BackendUnavailable as e:
+            return str(e)
+        return ""
 
     def __init__(
         self,
@@ -414,3 +424,27 @@ class TensorRTBackend(Backend):
             self._cuda_context.pop()
             self._cuda_context.detach()
             self._cuda_context = None
+
+
+def prepare_engine(
+    package: ModelPackage,
+    precision: str = "auto",
+    device: str | None = None,
+    options: EngineOptions | None = None,
+    cache: EngineCache | None = None,
+) -> TensorRTBackend:
+    """Build the engine of a package on this GPU ahead of time, or find it in the cache, and check it on two grey
+    images (what `dgs engine` does).
+
+    ``precision="auto"`` takes the fastest variant TensorRT runs that the package has (int8, fp16, fp32).
+
+    Raises:
+        BackendUnavailable: no TensorRT, pycuda or CUDA device here, or the package has no variant TensorRT runs.
+        ModelPackageError: TensorRT cannot parse the variant, or the engine gives a wrong output.
+    """
+    from . import choose_backend, smoke_check
+
+    _, precision = choose_backend(TensorRTBackend.name, package.manifest, device, precision, str(package.path))
+    backend = TensorRTBackend(package, device, precision, options=options or EngineOptions(), cache=cache)
+    smoke_check(backend)
+    return backend
