@@ -429,7 +429,8 @@ def make_tensorrt(s: StandIn) -> types.ModuleType:
                 return self.shapes.get(name, self.engine.get_tensor_shape(name))
             key = tuple(sorted(self.shapes.items()))
             if key not in self.output_shapes:  # what the graph really gives for these input shapes
-                zeros = {n: np.zeros(shape, _NUMPY[self.engine.get_tensor_dtype(n)]) for n, shape in self.shapes.items()}
+                dtype = {n: _NUMPY[self.engine.get_tensor_dtype(n)] for n in self.shapes}
+                zeros = {n: np.zeros(shape, dtype[n]) for n, shape in self.shapes.items()}
                 self.output_shapes[key] = {n: a.shape for n, a in self._run(zeros).items()}
             return self.output_shapes[key][name]
 

@@ -391,7 +391,7 @@ class TensorRTBackend(Backend):
 
     def _infer_chunk(self, chunk: np.ndarray) -> np.ndarray:
         """The engine's output for at most ``profile.max`` images (padded up to ``profile.min``)."""
-        cuda, m = self._cuda, self.package.manifest
+        cuda = self._cuda
         images = len(chunk)
         rows = max(images, self.profile.min)
         self._host_in[:images] = chunk
