@@ -438,9 +438,10 @@ def test_engine_command_in_a_real_process(mean_package, tmp_path):
 
 
 @pytest.mark.trt
-@pytest.mark.gpu
 def test_real_tensorrt_engine_scores_like_onnxruntime(mean_package):
     """With TensorRT and a GPU: build a real engine, load it again from the cache, compare with ONNX Runtime."""
+    if not TensorRTBackend.is_available():
+        pytest.skip(TensorRTBackend.unavailable_reason())
     backend = prepare_engine(mean_package, options=EngineOptions(BatchProfile(1, 4, 8)))
     x = images(11)
     expected = create_backend("onnxruntime", mean_package).run(x)
