@@ -437,6 +437,25 @@ def test_engine_command_in_a_real_process(mean_package, tmp_path):
 # -- the real thing -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.gpu
+def test_real_pycuda_and_gpu_with_tensorrt_standing_in(monkeypatch, mean_package, tmp_path):
+    """Everything but TensorRT real: the CUDA driver probe, primary context, page-locked buffers, device memory,
+    asynchronous copies and stream through pycuda on a GPU; the stand-in engine reads its input from and writes
+    its output to that GPU memory."""
+    cuda = pytest.importorskip("pycuda.driver")
+    standin = trt_standin.install(monkeypatch, real_cuda=cuda)
+    backend = TensorRTBackend(mean_package, options=EngineOptions(BatchProfile(2, 4, 4)))
+    gpu = backend.gpu
+    assert gpu.name and gpu.compute_capability.count(".") == 1 and gpu.driver.count(".") == 1
+    x = images(11)
+    np.testing.assert_allclose(backend.run(x), x.mean(axis=(1, 2, 3)), rtol=1e-5, atol=1e-6)
+    assert standin.executions == 3
+    fixed = ModelPackage.load(graph_package(tmp_path / "fixed.dgs", mean_graph(batch=3)))
+    np.testing.assert_allclose(TensorRTBackend(fixed).run(x), x.mean(axis=(1, 2, 3)), rtol=1e-5, atol=1e-6)
+    backend.close()
+    assert cuda.Context.get_current() is None  # every context pushed was popped
+
+
 @pytest.mark.trt
 def test_real_tensorrt_engine_scores_like_onnxruntime(mean_package):
     """With TensorRT and a GPU: build a real engine, load it again from the cache, compare with ONNX Runtime."""

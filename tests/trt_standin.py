@@ -49,10 +49,26 @@ class StandIn:
     pinned: list[tuple[int, int]] = field(default_factory=list)  # page-locked host ranges
     next_address: int = 0x7F0000000000
     build_hook: object = None  # called at each build (tests use it to hold a build back)
+    real_cuda: object = None  # the real pycuda.driver, when the stand-in TensorRT works on a real GPU's memory
 
     def require_context(self, what: str) -> None:
-        if not self.contexts:
+        current = self.real_cuda.Context.get_current() if self.real_cuda is not None else self.contexts
+        if not current:
             raise RuntimeError(f"stand-in: {what} with no current CUDA context (the real one would fail too)")
+
+    def read(self, address: int, nbytes: int) -> np.ndarray:
+        if self.real_cuda is None:
+            return device_view(self, address, nbytes).copy()
+        host = np.empty(nbytes, np.uint8)
+        self.real_cuda.memcpy_dtoh(host, address)
+        return host
+
+    def write(self, address: int, data: np.ndarray) -> None:
+        data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        if self.real_cuda is None:
+            device_view(self, address, data.nbytes)[:] = data
+        else:
+            self.real_cuda.memcpy_htod(address, data)
 
 
 # -- pycuda.driver ----------------------------------------------------------------------------------------
@@ -444,11 +460,10 @@ def make_tensorrt(s: StandIn) -> types.ModuleType:
             inputs = {}
             for name, shape in self.shapes.items():
                 dtype = np.dtype(_NUMPY[self.engine.get_tensor_dtype(name)])
-                raw = device_view(s, self.addresses[name], int(np.prod(shape)) * dtype.itemsize)
-                inputs[name] = raw.view(dtype).reshape(shape).copy()
+                raw = s.read(self.addresses[name], int(np.prod(shape)) * dtype.itemsize)
+                inputs[name] = raw.view(dtype).reshape(shape)
             for name, value in self._run(inputs).items():
-                value = np.ascontiguousarray(value)
-                device_view(s, self.addresses[name], value.nbytes)[:] = value.reshape(-1).view(np.uint8)
+                s.write(self.addresses[name], value)
             return True
 
     for name, value in dict(ILogger=ILogger, Logger=Logger, OnnxParser=OnnxParser, Builder=Builder,
@@ -462,11 +477,16 @@ def install(monkeypatch, **settings) -> StandIn:
 
     ``settings`` are `StandIn` fields: ``version``, ``weak_typing`` and ``strongly_typed_flag`` give the shape of
     the TensorRT API (10.x: both True; 11.x: no precision flags), ``devices`` the CUDA devices (``[]``: none),
-    ``driver_error`` a failing ``cuInit``.
+    ``driver_error`` a failing ``cuInit``; ``real_cuda`` (the real ``pycuda.driver``) keeps pycuda and the GPU
+    real, and only TensorRT stands in (its engine then reads and writes the GPU's memory).
     """
     from dgs_sdk.backends import tensorrt as backend
 
     s = StandIn(**settings)
+    if s.real_cuda is not None:  # the real pycuda and GPU; TensorRT alone stands in
+        monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt(s))
+        monkeypatch.setattr(backend, "_available", functools.lru_cache(maxsize=1)(backend._available.__wrapped__))
+        return s
     pycuda = types.ModuleType("pycuda")
     pycuda.__doc__ = "stand-in for pycuda (tests only)"
     pycuda.driver = make_cuda_driver(s)
