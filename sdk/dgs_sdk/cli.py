@@ -15,6 +15,8 @@ import click
 from . import __version__
 from .backends import BACKENDS, available_backends
 from .bench_cli import bench_command
+from .engine_cache import describe_engines
+from .engine_cli import cache_group, engine_command
 from .errors import DgsError
 from .eval_cli import eval_command
 from .package import PRECISIONS
@@ -175,6 +177,9 @@ def info(model) -> None:
     usable = available_backends()
     click.echo("backends: " + ", ".join(f"{name} ({'available' if name in usable else 'not available'})"
                                          for name in BACKENDS))
+    for name in BACKENDS:
+        if name not in usable:
+            click.echo(f"  {name}: {BACKENDS[name].unavailable_reason()}")
     if "onnxruntime" in usable:
         from .backends.onnxruntime import OnnxRuntimeBackend
 
@@ -184,6 +189,8 @@ def info(model) -> None:
         click.echo("native extension: built")
     except ImportError:
         click.echo("native extension: not built")
+    for line in describe_engines():
+        click.echo(line)
 
 
 def _figure(value) -> str:
@@ -215,6 +222,9 @@ def _package_info(model: str) -> None:
     except DgsError as e:
         click.echo(f"  here, no backend runs it: {e}")
 
+
+main.add_command(engine_command)
+main.add_command(cache_group)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -12,15 +12,17 @@ from ..limits import SMOKE_CHECK_SECONDS
 from ..package import PRECISIONS, Manifest, ModelPackage
 from .base import Backend
 from .onnxruntime import OnnxRuntimeBackend
+from .tensorrt import TensorRTBackend
 
 __all__ = ["Backend", "BACKENDS", "AUTO_ORDER", "available_backends", "choose_backend", "create_backend",
            "smoke_check"]
 
 BACKENDS: dict[str, type[Backend]] = {
+    TensorRTBackend.name: TensorRTBackend,
     OnnxRuntimeBackend.name: OnnxRuntimeBackend,
 }
-# `backend="auto"` takes the first available of these.
-AUTO_ORDER: tuple[str, ...] = ("onnxruntime",)
+# `backend="auto"` takes the first available of these (TensorRT only where a CUDA device is).
+AUTO_ORDER: tuple[str, ...] = ("tensorrt", "onnxruntime")
 
 
 def available_backends() -> list[str]:
