@@ -51,6 +51,9 @@ def choose_backend(name: str, manifest: Manifest, device: str | None = None, pre
     names = [c for c in AUTO_ORDER if BACKENDS[c].is_available()] if name == "auto" else [name]
     if not names:
         raise BackendUnavailable(f"no inference backend is available (tried {', '.join(AUTO_ORDER)})")
+    if name != "auto" and precision not in ("auto", *BACKENDS[name].precisions):
+        raise BackendUnavailable(f"the {name} backend does not run the {precision!r} variant (it runs "
+                                 f"{', '.join(BACKENDS[name].precisions)})")
     if name != "auto" and not BACKENDS[name].is_available():
         raise BackendUnavailable(f"backend {name!r} cannot be used here: {BACKENDS[name].unavailable_reason()}")
     for candidate in names:
