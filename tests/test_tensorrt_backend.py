@@ -221,7 +221,7 @@ def test_int8_cpu_is_refused_with_the_reason(monkeypatch, tmp_path):
     with pytest.raises(BackendUnavailable, match="int8-cpu variant holds ONNX Runtime's dynamic quantisation "
                                                  "operators, which TensorRT does not take"):
         TensorRTBackend(package, precision="int8-cpu")
-    with pytest.raises(BackendUnavailable, match="runs the 'int8-cpu' variant"):
+    with pytest.raises(BackendUnavailable, match="the tensorrt backend does not run the 'int8-cpu' variant"):
         create_backend("tensorrt", package, precision="int8-cpu")
     assert standin.trt_objects == 0
 
