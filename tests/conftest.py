@@ -197,3 +197,30 @@ def graph_package(path: Path, model: bytes, size: int = 32, **manifest_fields) -
 
     spec = PreprocessSpec(transform="clip", size=size)
     return write_package(path, Manifest(preprocess=spec, **manifest_fields), {"model.onnx": model})
+
+
+def scaled_graph(scale: float, size: int = 32) -> bytes:
+    """The mean graph with its logit multiplied by ``scale``: a second variant with a different output."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load_model_from_string(mean_graph(size=size))
+    graph = model.graph
+    old = graph.output[0].name
+    graph.node[-1].output[0] = "unscaled"
+    graph.initializer.append(numpy_helper.from_array(np.array(scale, np.float32), "scale"))
+    graph.node.append(helper.make_node("Mul", ["unscaled", "scale"], [old]))
+    return model.SerializeToString()
+
+
+def variant_package(path: Path, precisions=("fp32", "int8-cpu"), size: int = 224) -> Path:
+    """A package holding the mean graph once per precision, the i-th variant's logit scaled by i + 1, so that
+    the logit tells which variant ran."""
+    from dgs_sdk import Manifest, PreprocessSpec, write_package
+    from dgs_sdk.package import VARIANT_FILES, Variant
+
+    variants = {p: Variant(p, VARIANT_FILES[p], {} if p == "fp32" else {"auc": 0.99, "max_abs_dp": 1e-3})
+                for p in precisions}
+    manifest = Manifest(preprocess=PreprocessSpec(transform="clip", size=size), variants=variants)
+    members = {VARIANT_FILES[p]: scaled_graph(1.0 + i, size) for i, p in enumerate(precisions)}
+    return write_package(path, manifest, members)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import mean_graph
+from conftest import mean_graph, scaled_graph, variant_package
 from dgs_sdk import Manifest, ModelPackage, ModelPackageError, PreprocessSpec, preprocess, write_package
 from dgs_sdk.package import FORMAT_VERSION, MANIFEST_NAME, sha256_hex
 
@@ -79,7 +79,7 @@ def test_round_trip_keeps_every_field_and_checksums(tmp_path):
         (lambda p: rewrite(p, lambda m: m["preprocess"].update(transform="warp")), "transform 'warp' is unknown"),
         (lambda p: rewrite(p, lambda m: m.pop("preprocess")), "'preprocess' is missing"),
         (lambda p: rewrite(p, lambda m: m["preprocess"].update(small_images="crop")), "small_images 'crop' is unknown"),
-        (lambda p: rewrite(p, lambda m: m["files"].pop("model.onnx")), "no checksum for model file"),
+        (lambda p: rewrite(p, lambda m: m["files"].pop("model.onnx")), "member .model.onnx. has no checksum"),
         (lambda p: p.write_bytes(b"PK\x03\x04 but not really a zip"), "not a zip file"),
         (lambda p: p.write_text("<html>hello</html>"), "not a zip file"),
     ],
@@ -145,3 +145,58 @@ def test_a_package_that_would_not_load_never_replaces_a_good_one(tmp_path):
         make_package(good, model=mean_graph(size=224, declared=["batch", 2], output="pairs"))
     assert good.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.dgs"]
+
+
+def test_a_package_holds_precision_variants_and_keeps_only_the_one_it_loads(tmp_path):
+    path = variant_package(tmp_path / "variants.dgs", ("fp32", "fp16", "int8-cpu"))
+    raw = json.loads(zipfile.ZipFile(path).read(MANIFEST_NAME))
+    assert raw["format_version"] == 2 and "file" not in raw["model"]
+    figures = {"auc": 0.99, "max_abs_dp": 1e-3}
+    assert raw["model"]["variants"]["fp16"] == {"file": "model.fp16.onnx", "accuracy": figures}
+    package = ModelPackage.load(path, precision="int8-cpu")
+    m = package.manifest
+    assert list(m.variants) == ["fp32", "fp16", "int8-cpu"] and m.default_precision == "fp32"
+    assert list(package.members) == ["model.int8-cpu.onnx"]
+    assert m.variants["int8-cpu"].accuracy == {"auc": 0.99, "max_abs_dp": 1e-3}
+    assert package.variant_bytes("fp16") == scaled_graph(2.0, 224)  # read on demand, verified
+    assert package.variant_sha256("fp32") == sha256_hex(scaled_graph(1.0, 224))
+    with pytest.raises(ModelPackageError, match=r"variants.dgs: has no 'int8' variant \(it has fp32, fp16, int8-cpu\)"):
+        package.variant_bytes("int8")
+    with pytest.raises(ModelPackageError, match="has no 'int8' variant"):
+        ModelPackage.load(path, precision="int8")
+
+
+def test_a_package_without_fp32_defaults_to_its_first_variant(tmp_path):
+    package = ModelPackage.load(variant_package(tmp_path / "edge.dgs", ("int8", "fp16")))
+    assert package.manifest.default_precision == "int8" and package.manifest.model_file == "model.int8.onnx"
+
+
+def test_a_variant_modified_after_writing_is_refused_when_it_is_read(tmp_path):
+    path = variant_package(tmp_path / "variants.dgs")
+    rewrite(path, members={"model.int8-cpu.onnx": scaled_graph(7.0, 224)})
+    with pytest.raises(ModelPackageError, match="'model.int8-cpu.onnx' fails its checksum"):
+        ModelPackage.load(path)  # every member is verified at load, whichever variant is kept
+
+
+def test_a_variant_whose_graph_does_not_match_the_manifest_is_never_written(tmp_path):
+    from dgs_sdk.package import Variant
+
+    variants = {"fp32": Variant("fp32", "model.onnx"), "fp16": Variant("fp16", "model.fp16.onnx")}
+    manifest = Manifest(preprocess=PreprocessSpec.clip(), variants=variants)
+    with pytest.raises(ModelPackageError, match="model.fp16.onnx"):
+        write_package(tmp_path / "bad.dgs", manifest, {"model.onnx": GRAPH, "model.fp16.onnx": mean_graph(size=64)})
+    assert not (tmp_path / "bad.dgs").exists()
+    with pytest.raises(ModelPackageError, match=r"variant members \['model.fp16.onnx'\] are not among"):
+        write_package(tmp_path / "bad.dgs", manifest, {"model.onnx": GRAPH})
+
+
+def test_format_1_packages_still_load_as_one_fp32_variant(tmp_path):
+    path = make_package(tmp_path / "old.dgs")
+
+    def as_format_1(manifest: dict) -> None:
+        manifest["format_version"] = 1
+        manifest["model"]["file"] = manifest["model"].pop("variants")["fp32"]["file"]
+
+    rewrite(path, as_format_1)
+    package = ModelPackage.load(path)
+    assert list(package.manifest.variants) == ["fp32"] and package.model_bytes == GRAPH

@@ -15,6 +15,7 @@ import click
 from . import __version__
 from .backends import BACKENDS, available_backends
 from .errors import DgsError
+from .package import PRECISIONS
 
 __all__ = ["main"]
 
@@ -104,9 +105,11 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file (once the first batch is scored).")
 @click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True)
 @click.option("--device", help="cpu, cuda or cuda:N [default: best available].")
+@click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default="auto", show_default=True,
+              help="Package variant to run; auto: the fastest the backend runs well (see README).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on standard error [default: on a terminal].")
 def scan(paths, model, out, threshold, batch_size, workers, recursive, hidden, follow_symlinks, resume, overwrite,
-         backend, device, progress) -> None:
+         backend, device, precision, progress) -> None:
     """Score every image in PATHS (files, folders or glob patterns).
 
     Every file gets a row (path, probability, label, error), written a batch at a time. Exit code 0 when all
@@ -121,7 +124,7 @@ def scan(paths, model, out, threshold, batch_size, workers, recursive, hidden, f
     config = ScanConfig(
         paths=paths, model=model, out=out, threshold=threshold, batch_size=batch_size, workers=workers,
         recursive=recursive, hidden=hidden, follow_symlinks=follow_symlinks, resume=resume, overwrite=overwrite,
-        backend=backend, device=device, progress=progress,
+        backend=backend, device=device, precision=precision, progress=progress,
     )
     if hasattr(sys.stdout, "reconfigure"):  # rows on stdout: file names that are not UTF-8 pass through as bytes
         sys.stdout.reconfigure(errors="surrogateescape")
@@ -151,8 +154,13 @@ def _version_of(distribution: str) -> str:
 
 
 @main.command()
-def info() -> None:
-    """Versions, inference backends, execution providers and the native extension."""
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+def info(model) -> None:
+    """Versions, inference backends, execution providers and the native extension; with MODEL, what a .dgs
+    package holds (verified): its variants with their accuracy against fp32, and the one `auto` runs here."""
+    if model:
+        _package_info(model)
+        return
     click.echo(f"dgs {__version__}")
     click.echo(f"python {platform.python_version()} ({platform.machine()}, {platform.system()})")
     distributions = ("numpy", "opencv-python-headless", "pillow", "onnxruntime", "onnxruntime-gpu", "click", "torch",
@@ -171,6 +179,36 @@ def info() -> None:
         click.echo("native extension: built")
     except ImportError:
         click.echo("native extension: not built")
+
+
+def _figure(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _package_info(model: str) -> None:
+    from .backends import choose_backend
+    from .package import ModelPackage
+
+    package = ModelPackage.load(model)
+    m = package.manifest
+    click.echo(f"{model}: dgs model package, created {m.created or 'at an unknown time'}")
+    architecture = ", ".join(f"{k} {_figure(v)}" for k, v in m.architecture.items() if not isinstance(v, dict))
+    click.echo(f"  architecture: {architecture or 'not stated'}")
+    spec = m.preprocess
+    click.echo(f"  preprocessing: {spec.transform} at {spec.size} px (small images: {spec.small_images})")
+    click.echo(f"  threshold: {m.threshold:.4g} ({m.threshold_source})")
+    click.echo("  variants:")
+    width = max(len(v.file) for v in m.variants.values())
+    for precision, variant in m.variants.items():
+        meta = m.files[variant.file]
+        figures = ", ".join(f"{k} {_figure(v)}" for k, v in variant.accuracy.items() if not isinstance(v, dict))
+        click.echo(f"    {precision:<9}{variant.file:<{width + 2}}{meta['size'] / 1e6:9.1f} MB  "
+                   f"sha256 {meta['sha256'][:16]}" + (f"  vs fp32: {figures}" if figures else ""))
+    try:
+        backend, precision = choose_backend("auto", m, source=model)
+        click.echo(f"  here, auto runs: {precision} with {backend.name}")
+    except DgsError as e:
+        click.echo(f"  here, no backend runs it: {e}")
 
 
 if __name__ == "__main__":  # pragma: no cover

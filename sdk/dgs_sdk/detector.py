@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Backend, create_backend
+from .backends import Backend, choose_backend, create_backend
 from .errors import DgsError
 from .image import (
     DEFAULT_BUDGET,
@@ -25,7 +25,7 @@ from .image import (
     load_image,
 )
 from .limits import MAX_BATCH_BYTES, MAX_READ_AHEAD_BYTES
-from .package import ModelPackage
+from .package import ModelPackage, read_manifest
 from .preprocess import crop_image, normalize
 
 __all__ = ["Prediction", "Detector", "sigmoid"]
@@ -49,6 +49,7 @@ class Prediction:
         label: ``"fake"`` when ``probability >= threshold``, else ``"real"``; ``None`` on error.
         error: why the image could not be scored (names the file and the problem), else ``None``.
         logit: the model's raw output.
+        variant: the precision variant of the package that scored it (``"fp32"``, ``"int8-cpu"``...).
         timings: milliseconds spent on this image per stage: ``decode``, ``preprocess`` and ``inference``
             (its share of the batch).
     """
@@ -58,6 +59,7 @@ class Prediction:
     label: str | None = None
     error: str | None = None
     logit: float | None = None
+    variant: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -95,8 +97,12 @@ class Detector:
 
     Args:
         model: path of a `.dgs` package, or an already loaded `ModelPackage`.
-        backend: ``"auto"`` (best available) or a name from `dgs_sdk.backends.BACKENDS`.
+        backend: ``"auto"`` (the first of `dgs_sdk.backends.AUTO_ORDER` that is available here and runs a variant
+            of the package: TensorRT, then ONNX Runtime) or a name from `dgs_sdk.backends.BACKENDS`.
         device: ``None`` (best available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        precision: the package variant to run (``"fp32"``, ``"fp16"``, ``"int8"``, ``"int8-cpu"``), or
+            ``"auto"``: the fastest variant the package has among those the backend runs well
+            (`dgs_sdk.backends.choose_backend`). A variant the package lacks is an error naming those it has.
         batch_size: images per inference call; capped so that one batch takes at most `MAX_BATCH_BYTES`
             (445 images of 224 x 224), which also bounds how far a stream is read ahead.
         threshold: probability of "fake" from which the label is "fake"; the package's threshold by default.
@@ -117,6 +123,7 @@ class Detector:
         model: str | os.PathLike | ModelPackage,
         backend: str = "auto",
         device: str | None = None,
+        precision: str = "auto",
         batch_size: int = 32,
         threshold: float | None = None,
         workers: int | None = None,
@@ -126,17 +133,25 @@ class Detector:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
-        self.package = model if isinstance(model, ModelPackage) else ModelPackage.load(model)
+        try:
+            if not isinstance(model, ModelPackage):  # choose the variant first: only that one is read into memory
+                _, chosen = choose_backend(backend, read_manifest(model), device, precision, str(model))
+                model = ModelPackage.load(model, precision=chosen)
+            self.package = model
+            self.backend: Backend = create_backend(backend, self.package, device, precision)
+        except ValueError as e:
+            raise DgsError(str(e)) from None
         self.manifest = self.package.manifest
         self.spec = self.manifest.preprocess
         self.threshold = self.manifest.threshold if threshold is None else float(threshold)
         self.batch_size = max(1, min(batch_size, MAX_BATCH_BYTES // (12 * self.spec.size**2)))
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.budget = DEFAULT_BUDGET if decode_memory is None else MemoryBudget(decode_memory)
-        try:
-            self.backend: Backend = create_backend(backend, self.package, device)
-        except ValueError as e:
-            raise DgsError(str(e)) from None
+
+    @property
+    def precision(self) -> str:
+        """The variant of the package that runs."""
+        return self.backend.precision
 
     def __repr__(self) -> str:
         return (
@@ -250,6 +265,7 @@ class Detector:
                 probability=probability,
                 label=FAKE if probability >= self.threshold else REAL,
                 logit=logit,
+                variant=self.backend.precision,
                 timings={
                     "decode": p.decode_ms,
                     "preprocess": p.preprocess_ms + normalize_ms,

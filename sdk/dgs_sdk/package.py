@@ -3,11 +3,17 @@
 Layout::
 
     model.dgs (zip)
-    ├── manifest.json   format version, preprocessing spec, output meaning, threshold, architecture,
-    │                   training provenance, and the sha256 and size of every other member
-    └── model.onnx      the inference graph: image batch [B, 3, S, S] float32 -> logit of "fake" [B]
+    ├── manifest.json          format version, preprocessing spec, output meaning, threshold, architecture,
+    │                          training provenance, the variants, and the sha256 and size of every other member
+    ├── model.onnx             variant fp32: the inference graph, image batch [B, 3, S, S] float32 -> logit of
+    │                          "fake" [B] float32
+    ├── model.fp16.onnx        variant fp16: FP16 inside, float32 in and out (for GPUs)
+    ├── model.int8.onnx        variant int8: INT8 Q/DQ graph (for TensorRT)
+    └── model.int8-cpu.onnx    variant int8-cpu: ONNX Runtime's dynamic INT8 operators (for ONNX Runtime on CPU)
 
-TensorRT engines are not stored: they are built and cached on the target device from the ONNX member.
+A package holds at least one variant; each has the same interface, and all but fp32 carry the accuracy figures
+measured against fp32 when they were exported. Format 1 packages (one ``model.file``) read as an fp32 variant.
+TensorRT engines are not stored: they are built and cached on the target device from an ONNX member.
 
 A package is untrusted input: loading reads only a regular file, bounds every size before reading (the zip,
 the manifest, each member against the size its manifest and the zip declare), takes the manifest's JSON and
@@ -46,10 +52,15 @@ from .limits import (
 from .onnx_graph import GraphInterface, check_onnx_graph
 from .preprocess import PreprocessSpec
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MANIFEST_NAME", "Manifest", "ModelPackage", "write_package"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MANIFEST_NAME", "PRECISIONS", "VARIANT_FILES", "Manifest", "ModelPackage",
+           "Variant", "read_manifest", "write_package"]
 
 FORMAT_NAME = "dgs-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# The precision variants a package may hold, and the member each is written to.
+PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
+VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx",
+                 "int8-cpu": "model.int8-cpu.onnx"}
 MANIFEST_NAME = "manifest.json"
 OUTPUT_MEANING = "logit of 'fake'"
 MANIFEST_KEYS = frozenset({"format", "format_version", "model", "preprocess", "threshold", "threshold_source",
@@ -85,10 +96,10 @@ def _get(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: s
     return value
 
 
-def _free_form(d: Mapping[str, Any], key: str) -> dict[str, Any]:
+def _free_form(d: Mapping[str, Any], key: str, where: str = "") -> dict[str, Any]:
     """An object whose content is free, except that every number in it must be finite (JSON has no NaN)."""
-    value = _get(d, key, dict, "", {})
-    stack: list[tuple[str, Any]] = [(key, value)]
+    value = _get(d, key, dict, where, {})
+    stack: list[tuple[str, Any]] = [(where + key, value)]
     while stack:
         where, item = stack.pop()
         if isinstance(item, float) and not math.isfinite(item):
@@ -128,12 +139,29 @@ def _strict_json(raw: bytes) -> Any:
 
 
 @dataclass
+class Variant:
+    """One precision of the model: its ONNX member and, for all but fp32, how it scored against fp32 at export
+    (``accuracy``: free-form figures such as ``auc``, ``max_abs_dp``, ``agreement``)."""
+
+    precision: str
+    file: str
+    accuracy: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "accuracy": self.accuracy} if self.accuracy else {"file": self.file}
+
+
+def _fp32_only() -> dict[str, Variant]:
+    return {"fp32": Variant("fp32", VARIANT_FILES["fp32"])}
+
+
+@dataclass
 class Manifest:
     """What a model package says about its model.
 
     Attributes:
         preprocess: the preprocessing every caller must apply (see `dgs_sdk.preprocess`).
-        model_file: name of the ONNX member.
+        variants: precision -> `Variant`, one ONNX member each (see `PRECISIONS`).
         threshold: probability of "fake" at or above which an image is labelled fake.
         threshold_source: ``"default"`` or ``"calibrated"`` (chosen on a validation set).
         architecture: what the network is (backbone, method, input size...), free-form.
@@ -144,7 +172,7 @@ class Manifest:
     """
 
     preprocess: PreprocessSpec
-    model_file: str = "model.onnx"
+    variants: dict[str, Variant] = field(default_factory=_fp32_only)
     threshold: float = 0.5
     threshold_source: str = "default"
     architecture: dict[str, Any] = field(default_factory=dict)
@@ -154,16 +182,37 @@ class Manifest:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     created: str = ""
 
+    @property
+    def default_precision(self) -> str:
+        """The variant used when none is asked for: fp32 when the package has it, else the first listed."""
+        return "fp32" if "fp32" in self.variants else next(iter(self.variants))
+
+    @property
+    def model_file(self) -> str:
+        """The member of the default variant."""
+        return self.variants[self.default_precision].file
+
+    def variant(self, precision: str, source: str = "") -> Variant:
+        """The variant ``precision``, or an error naming the package (``source``) and the variants it has."""
+        if precision not in self.variants:
+            where = f"{source}: " if source else ""
+            known = "" if precision in PRECISIONS else f"; precisions are {', '.join(PRECISIONS)}"
+            raise ModelPackageError(
+                f"{where}has no {precision!r} variant (it has {', '.join(self.variants)}{known}); "
+                f"'dgs export RUN --precision {precision}' writes one"
+            )
+        return self.variants[precision]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "model": {
-                "file": self.model_file,
                 "format": "onnx",
                 "input": self.input_name,
                 "output": self.output_name,
                 "output_meaning": OUTPUT_MEANING,
+                "variants": {name: variant.to_dict() for name, variant in self.variants.items()},
             },
             "preprocess": self.preprocess.to_dict(),
             "threshold": self.threshold,
@@ -191,15 +240,16 @@ class Manifest:
         if version < 1:
             raise ModelPackageError(f"{source}: format version {version} is not valid")
         try:
-            return cls._parse(d)
+            return cls._parse(d, version)
         except (TypeError, ValueError) as e:
             raise ModelPackageError(f"{source}: {e}") from None
 
     @classmethod
-    def _parse(cls, d: Mapping[str, Any]) -> Manifest:
+    def _parse(cls, d: Mapping[str, Any], version: int) -> Manifest:
         _only_keys(d, MANIFEST_KEYS, "")
         model = _get(d, "model", dict, "")
-        _only_keys(model, {"file", "format", "input", "output", "output_meaning"}, "field 'model'")
+        own = "file" if version == 1 else "variants"  # format 1 named one member; format 2 lists variants
+        _only_keys(model, {own, "format", "input", "output", "output_meaning"}, "field 'model'")
         if _get(model, "format", str, "model.") != "onnx":
             raise ValueError(f"model format {model['format']!r:.60} is not supported (expected onnx)")
         threshold = _get(d, "threshold", (int, float), "", 0.5)
@@ -214,9 +264,16 @@ class Manifest:
                 raise ValueError(f"field {where}'sha256' is not 64 lowercase hexadecimal digits")
             if _get(meta, "size", int, where) < 0:
                 raise ValueError(f"field {where}'size' is negative ({meta['size']})")
+        if version == 1:
+            variants = {"fp32": Variant("fp32", _get(model, "file", str, "model."))}
+        else:
+            variants = _parse_variants(_get(model, "variants", dict, "model."))
+        for variant in variants.values():
+            if variant.file not in files:
+                raise ValueError(f"variant {variant.precision!r}: member {variant.file!r} has no checksum in 'files'")
         return cls(
             preprocess=PreprocessSpec.from_dict(_get(d, "preprocess", dict, "")),
-            model_file=_get(model, "file", str, "model."),
+            variants=variants,
             threshold=float(threshold),
             threshold_source=_get(d, "threshold_source", str, "", "default"),
             architecture=_free_form(d, "architecture"),
@@ -226,6 +283,24 @@ class Manifest:
             files=files,
             created=_get(d, "created", str, "", ""),
         )
+
+
+def _parse_variants(raw: Mapping[str, Any]) -> dict[str, Variant]:
+    if not raw:
+        raise ValueError("field 'model.variants' is empty: a package holds at least one variant")
+    variants = {}
+    for precision in raw:
+        where = f"model.variants.{precision}."
+        if precision not in PRECISIONS:
+            raise ValueError(f"field 'model.variants' names an unknown precision {precision!r:.40} "
+                             f"(known: {', '.join(PRECISIONS)})")
+        entry = _get(raw, precision, dict, "model.variants.")
+        _only_keys(entry, {"file", "accuracy"}, f"field {where[:-1]!r}")
+        variants[precision] = Variant(precision, _get(entry, "file", str, where), _free_form(entry, "accuracy", where))
+    files = [v.file for v in variants.values()]
+    if len(set(files)) != len(files):
+        raise ValueError(f"variants share a member ({files}); each variant has its own")
+    return variants
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, keep: bool) -> tuple[bytes, str]:
@@ -244,51 +319,70 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, keep: bo
 
 @dataclass
 class ModelPackage:
-    """A loaded and verified `.dgs` package: its manifest, the bytes of its members and its graph's interface."""
+    """A loaded and verified `.dgs` package: its manifest, the bytes of the variants read so far and the
+    interfaces of their graphs."""
 
     path: Path
     manifest: Manifest
     members: dict[str, bytes]
-    interface: GraphInterface | None = None
+    interfaces: dict[str, GraphInterface] = field(default_factory=dict)  # precision -> checked graph
 
     @property
     def model_bytes(self) -> bytes:
-        return self.members[self.manifest.model_file]
+        """The ONNX bytes of the default variant."""
+        return self.variant_bytes(self.manifest.default_precision)
 
     @property
     def model_sha256(self) -> str:
-        return self.manifest.files[self.manifest.model_file]["sha256"]
+        return self.variant_sha256(self.manifest.default_precision)
 
     @property
     def fixed_batch(self) -> int | None:
-        """The graph's fixed batch size, or None when its batch axis is dynamic."""
+        """The default variant's fixed batch size, or None when its batch axis is dynamic."""
         return self.check_graph().batch
 
-    def check_graph(self, name: str | None = None) -> GraphInterface:
-        """Check the ONNX member against the manifest (`check_onnx_graph`) once; errors name the package as
-        ``name`` (its path by default)."""
-        if self.interface is None:
-            m = self.manifest
-            where = f"{name or os.fspath(self.path)}: {m.model_file}"
-            self.interface = check_onnx_graph(self.model_bytes, m.input_name, m.output_name, m.preprocess.size, where)
-        return self.interface
+    def variant_sha256(self, precision: str) -> str:
+        file = self.manifest.variant(precision, os.fspath(self.path)).file
+        listed = self.manifest.files.get(file)  # absent from a package being built, not yet written
+        return listed["sha256"] if listed else sha256_hex(self.variant_bytes(precision))
+
+    def variant_bytes(self, precision: str) -> bytes:
+        """The ONNX bytes of variant ``precision``, verified against their checksum and checked as a graph."""
+        self.check_graph(precision=precision)
+        return self.members[self.manifest.variant(precision).file]
+
+    def check_graph(self, name: str | None = None, precision: str | None = None) -> GraphInterface:
+        """Check a variant's ONNX member (the default one's unless ``precision`` is given) against the manifest
+        (`check_onnx_graph`) once, reading it first if it was not kept; errors name the package as ``name`` (its
+        path by default)."""
+        precision = precision or self.manifest.default_precision
+        if precision not in self.interfaces:
+            m, package = self.manifest, name or os.fspath(self.path)
+            file = m.variant(precision, package).file
+            if file not in self.members:
+                self.members[file] = self.read_member(file)
+            self.interfaces[precision] = check_onnx_graph(self.members[file], m.input_name, m.output_name,
+                                                          m.preprocess.size, f"{package}: {file}")
+        return self.interfaces[precision]
 
     @classmethod
-    def load(cls, path: str | os.PathLike, name: str | None = None) -> ModelPackage:
-        """Read a package, verify its manifest, the size and sha256 of every member, and its ONNX graph.
+    def load(cls, path: str | os.PathLike, name: str | None = None, precision: str | None = None) -> ModelPackage:
+        """Read a package, verify its manifest, the size and sha256 of every member, and a variant's ONNX graph.
 
-        Only the model member is kept in memory; the others are verified as they stream by and read again, and
-        verified again, by `read_member`. Errors name the package as ``name`` (its path by default).
+        Only the variant ``precision`` (the manifest's default when None) is kept in memory; the other members are
+        verified as they stream by, and read and verified again by `variant_bytes` or `read_member`. Errors name
+        the package as ``name`` (its path by default).
 
         Raises:
             ModelPackageError: not a regular file, not a zip, a bad manifest, missing, extra, duplicate or
-                oversized members, a checksum mismatch, or a graph that does not match its manifest.
+                oversized members, a checksum mismatch, no such variant, or a graph that does not match its
+                manifest.
         """
         path = Path(path)
         name = name or os.fspath(path)
-        manifest, members = _open_zip(path, name, lambda zf: _read_members(zf, name))
+        manifest, members = _open_zip(path, name, lambda zf: _read_members(zf, name, precision))
         package = cls(path=path, manifest=manifest, members=members)
-        package.check_graph(name)
+        package.check_graph(name, precision)
         return package
 
     def read_member(self, member: str) -> bytes:
@@ -307,6 +401,13 @@ class ModelPackage:
             return data
 
         return _open_zip(self.path, name, read)
+
+
+def read_manifest(path: str | os.PathLike, name: str | None = None) -> Manifest:
+    """The validated manifest of the package at ``path``, without reading its other members (which
+    `ModelPackage.load` verifies): enough to choose a backend and a variant before loading one."""
+    name = name or os.fspath(path)
+    return _open_zip(Path(path), name, lambda zf: _read_manifest(zf, name)[0])
 
 
 def _zip_directory_size(file: BinaryIO, size: int, name: str) -> tuple[int, int]:
@@ -365,8 +466,8 @@ def _open_zip(path: Path, name: str, read):
         raise ModelPackageError(f"{name}: cannot be read ({e.strerror or e})") from None
 
 
-def _read_members(zf: zipfile.ZipFile, name: str) -> tuple[Manifest, dict[str, bytes]]:
-    """The manifest and the model member of an open package, every member's size and checksum verified."""
+def _read_manifest(zf: zipfile.ZipFile, name: str) -> tuple[Manifest, dict[str, zipfile.ZipInfo]]:
+    """The manifest of an open package and its other members by name, their sizes checked against it."""
     by_name: dict[str, zipfile.ZipInfo] = {}
     for info in zf.infolist():
         if info.filename in by_name:
@@ -383,8 +484,6 @@ def _read_members(zf: zipfile.ZipFile, name: str) -> tuple[Manifest, dict[str, b
     except ValueError as e:
         raise ModelPackageError(f"{name}: {MANIFEST_NAME} is not valid JSON ({e})") from None
     manifest = Manifest.from_dict(raw, source=f"{name}: {MANIFEST_NAME}")
-    if manifest.model_file not in manifest.files:
-        raise ModelPackageError(f"{name}: manifest has no checksum for model file {manifest.model_file!r}")
     unlisted = sorted(set(by_name) - set(manifest.files))
     if unlisted:
         raise ModelPackageError(f"{name}: members {unlisted} are not listed (with a checksum) in the manifest")
@@ -402,9 +501,17 @@ def _read_members(zf: zipfile.ZipFile, name: str) -> tuple[Manifest, dict[str, b
     if total > MAX_PACKAGE_CONTENT_BYTES:
         limit = MAX_PACKAGE_CONTENT_BYTES
         raise ModelPackageError(f"{name}: members of {total:,} bytes in all; the limit is {limit:,}")
+    return manifest, by_name
+
+
+def _read_members(zf: zipfile.ZipFile, name: str, precision: str | None) -> tuple[Manifest, dict[str, bytes]]:
+    """The manifest and the bytes of variant ``precision`` (the default when None) of an open package, every
+    member's size and checksum verified."""
+    manifest, by_name = _read_manifest(zf, name)
+    kept = manifest.variant(precision or manifest.default_precision, name).file
     members = {}
     for member, meta in manifest.files.items():
-        keep = member == manifest.model_file
+        keep = member == kept
         data, actual = _read_member(zf, by_name[member], name, keep=keep)
         if actual != meta["sha256"]:
             raise ModelPackageError(
@@ -419,14 +526,15 @@ def _read_members(zf: zipfile.ZipFile, name: str) -> tuple[Manifest, dict[str, b
 def write_package(path: str | os.PathLike, manifest: Manifest, members: Mapping[str, bytes]) -> Path:
     """Write a `.dgs` package atomically, and only a valid one.
 
-    ``members`` maps member names to their bytes and must include ``manifest.model_file``. The manifest's
+    ``members`` maps member names to their bytes and must include every variant's file. The manifest's
     ``files`` and ``created`` fields are filled in here. The manifest is validated as a reader would, the file
     is written under a temporary name, loaded back with `ModelPackage.load` (checksums, graph), and only then
     renamed over ``path``: an existing package is never replaced by one the SDK would refuse.
     """
     path = Path(path)
-    if manifest.model_file not in members:
-        raise ModelPackageError(f"{path}: model file {manifest.model_file!r} is not among the members given")
+    missing = [v.file for v in manifest.variants.values() if v.file not in members]
+    if missing:
+        raise ModelPackageError(f"{path}: variant members {missing} are not among the members given")
     if MANIFEST_NAME in members:
         raise ModelPackageError(f"{path}: {MANIFEST_NAME} is written from the Manifest, not given as a member")
     manifest.files = {name: {"sha256": sha256_hex(data), "size": len(data)} for name, data in members.items()}
@@ -440,5 +548,7 @@ def write_package(path: str | os.PathLike, manifest: Manifest, members: Mapping[
             for name, data in members.items():
                 zf.writestr(name, data)
         out.file.flush()
-        ModelPackage.load(out.tmp, name=os.fspath(path))
+        written = ModelPackage.load(out.tmp, name=os.fspath(path))
+        for precision in manifest.variants:
+            written.check_graph(os.fspath(path), precision)
     return path

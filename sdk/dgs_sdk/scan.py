@@ -176,6 +176,7 @@ class ScanConfig:
     overwrite: bool = False
     backend: str = "auto"
     device: str | None = None
+    precision: str = "auto"
     progress: bool | None = None  # None: a bar when stderr is a terminal
 
 
@@ -190,6 +191,7 @@ class ScanSummary:
     seconds: float = 0.0
     resumed: int = 0
     resumed_scored: int = 0
+    scored_with: str = ""  # the backend, device and variant, in words
 
     @property
     def scored(self) -> int:
@@ -221,6 +223,7 @@ class ScanSummary:
         return (
             f"{self.total} files{earlier}: {self.real} real, {self.fake} fake, {self.errors} errors "
             f"in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s)"
+            + (f" with {self.scored_with}" if self.scored_with else "")
         )
 
 
@@ -251,11 +254,12 @@ def scan(config: ScanConfig, detector: Detector | None = None, stream: IO[str] |
         config.model,
         backend=config.backend,
         device=config.device,
+        precision=config.precision,
         batch_size=config.batch_size,
         threshold=config.threshold,
         workers=config.workers,
     )
-    summary = ScanSummary()
+    summary = ScanSummary(scored_with=detector.backend.describe())
     for row in results.previous.rows:
         summary.count(row)
     summary.resumed, summary.resumed_scored = summary.total, summary.scored

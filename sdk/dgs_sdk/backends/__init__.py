@@ -9,11 +9,12 @@ import numpy as np
 
 from ..errors import BackendUnavailable, ModelPackageError
 from ..limits import SMOKE_CHECK_SECONDS
-from ..package import ModelPackage
+from ..package import PRECISIONS, Manifest, ModelPackage
 from .base import Backend
 from .onnxruntime import OnnxRuntimeBackend
 
-__all__ = ["Backend", "BACKENDS", "AUTO_ORDER", "available_backends", "create_backend", "smoke_check"]
+__all__ = ["Backend", "BACKENDS", "AUTO_ORDER", "available_backends", "choose_backend", "create_backend",
+           "smoke_check"]
 
 BACKENDS: dict[str, type[Backend]] = {
     OnnxRuntimeBackend.name: OnnxRuntimeBackend,
@@ -27,19 +28,44 @@ def available_backends() -> list[str]:
     return [name for name, cls in BACKENDS.items() if cls.is_available()]
 
 
-def create_backend(name: str, package: ModelPackage, device: str | None = None) -> Backend:
-    """Instantiate backend ``name`` (or the best available for ``"auto"``) for a loaded package, and run its
-    `smoke_check`."""
-    if name == "auto":
-        candidates = [c for c in AUTO_ORDER if BACKENDS[c].is_available()]
-        if not candidates:
-            raise BackendUnavailable(f"no inference backend is available (tried {', '.join(AUTO_ORDER)})")
-        name = candidates[0]
-    if name not in BACKENDS:
+def choose_backend(name: str, manifest: Manifest, device: str | None = None, precision: str = "auto",
+                   source: str = "") -> tuple[type[Backend], str]:
+    """The backend class and the variant that will run a package, from its manifest alone.
+
+    ``name="auto"`` takes the first backend of `AUTO_ORDER` that imports here and runs a variant the package
+    has (the asked one, when ``precision`` is not ``"auto"``). ``precision="auto"`` takes the first variant of
+    the backend's `Backend.preferred_precisions` for ``device`` that the package has: its fastest.
+
+    Raises:
+        BackendUnavailable: the backend is unknown or cannot be imported, or none can run the package.
+        ModelPackageError: the package lacks the asked variant (the message lists those it has).
+    """
+    if precision != "auto":
+        if precision not in PRECISIONS:
+            raise BackendUnavailable(f"precision {precision!r} is unknown (known: auto, {', '.join(PRECISIONS)})")
+        manifest.variant(precision, source)  # a clear error when the package lacks it
+    if name != "auto" and name not in BACKENDS:
         raise BackendUnavailable(f"backend {name!r} is unknown (known: auto, {', '.join(BACKENDS)})")
-    if not BACKENDS[name].is_available():
-        raise BackendUnavailable(f"backend {name!r} cannot be imported here")
-    backend = BACKENDS[name](package, device)
+    names = [c for c in AUTO_ORDER if BACKENDS[c].is_available()] if name == "auto" else [name]
+    if not names:
+        raise BackendUnavailable(f"no inference backend is available (tried {', '.join(AUTO_ORDER)})")
+    if name != "auto" and not BACKENDS[name].is_available():
+        raise BackendUnavailable(f"backend {name!r} cannot be used here: {BACKENDS[name].unavailable_reason()}")
+    for candidate in names:
+        runs = BACKENDS[candidate].preferred_precisions(device)
+        chosen = [p for p in runs if p in manifest.variants and precision in ("auto", p)]
+        if chosen:
+            return BACKENDS[candidate], chosen[0]
+    where = f"{source}: " if source else ""
+    wanted = f"the {precision!r} variant" if precision != "auto" else f"its variants ({', '.join(manifest.variants)})"
+    raise BackendUnavailable(f"{where}no available backend ({', '.join(names)}) runs {wanted}")
+
+
+def create_backend(name: str, package: ModelPackage, device: str | None = None, precision: str = "auto") -> Backend:
+    """Instantiate backend ``name`` (or the best available for ``"auto"``) for a loaded package with the variant
+    ``precision`` (or the backend's fastest for ``"auto"``; see `choose_backend`), and run its `smoke_check`."""
+    cls, precision = choose_backend(name, package.manifest, device, precision, str(package.path))
+    backend = cls(package, device, precision)
     smoke_check(backend)
     return backend
 

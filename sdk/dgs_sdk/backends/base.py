@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..errors import ModelPackageError
+from ..errors import BackendUnavailable, ModelPackageError
 from ..package import ModelPackage
 
 __all__ = ["Backend"]
@@ -16,23 +16,42 @@ __all__ = ["Backend"]
 class Backend(ABC):
     """Runs a model package's network on preprocessed batches.
 
-    A backend is created from a verified `ModelPackage` and a device string (``None`` = best available,
-    ``"cpu"``, ``"cuda"`` or ``"cuda:N"``). Heavy runtimes are imported inside the backend, never at SDK import.
+    A backend is created from a verified `ModelPackage`, a device string (``None`` = best available, ``"cpu"``,
+    ``"cuda"`` or ``"cuda:N"``) and the precision variant to run (`dgs_sdk.package.PRECISIONS`). Heavy runtimes
+    are imported inside the backend, never at SDK import.
     Subclasses implement `_infer` for one batch of the graph's own size; `run` takes any number of images
     (splitting and padding them for a graph of fixed batch) and checks every output the graph gives.
     """
 
     name: ClassVar[str]
+    # The variants this backend runs, fastest first; `precision="auto"` takes the first one a package has.
+    precisions: ClassVar[tuple[str, ...]]
 
-    def __init__(self, package: ModelPackage, device: str | None = None) -> None:
+    def __init__(self, package: ModelPackage, device: str | None = None, precision: str = "fp32") -> None:
+        if precision not in self.precisions:
+            raise BackendUnavailable(f"{package.path}: the {self.name} backend does not run the {precision!r} "
+                                     f"variant (it runs {', '.join(self.precisions)})")
         self.package = package
-        self.where = f"{package.path}: {package.manifest.model_file}"
-        self.fixed_batch = package.fixed_batch  # None: the graph takes any batch size
+        self.precision = precision
+        self.model_bytes = package.variant_bytes(precision)
+        self.model_sha256 = package.variant_sha256(precision)
+        self.where = f"{package.path}: {package.manifest.variants[precision].file}"
+        self.fixed_batch = package.check_graph(precision=precision).batch  # None: the graph takes any batch size
+
+    @classmethod
+    def preferred_precisions(cls, device: str | None) -> tuple[str, ...]:
+        """The variants this backend runs on ``device``, fastest first (`precisions` unless it depends)."""
+        return cls.precisions
 
     @classmethod
     @abstractmethod
     def is_available(cls) -> bool:
         """Whether this backend's runtime can be imported here (cheap, no model needed)."""
+
+    @classmethod
+    def unavailable_reason(cls) -> str:
+        """Why `is_available` is false, naming what to install or fix; empty when the backend is available."""
+        return "" if cls.is_available() else f"{cls.name} cannot be imported"
 
     @abstractmethod
     def _infer(self, batch: np.ndarray) -> np.ndarray:
@@ -44,7 +63,7 @@ class Backend(ABC):
         """Where the model runs, in words (``"cpu"``, ``"cuda:0"``...)."""
 
     def describe(self) -> str:
-        return f"{self.name} on {self.device}"
+        return f"{self.name} on {self.device}, {self.precision}"
 
     def cancel(self) -> None:  # noqa: B027 - optional: a runtime that cannot stop a run leaves it running
         """Stop the run in progress, from another thread, as soon as the runtime can; a no-op where it cannot."""
