@@ -11,13 +11,17 @@ GPU differ slightly from these figures (check on the device with ``dgs eval MODE
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
 
+from dgs_sdk.backends import create_backend
 from dgs_sdk.detector import sigmoid
+from dgs_sdk.errors import ModelPackageError
+from dgs_sdk.package import ModelPackage
 
 __all__ = [
     "DEFAULT_MAX_AUC_DROP",
@@ -27,9 +31,8 @@ __all__ = [
     "auc",
     "format_table",
     "gate_variants",
-    "ort_logits",
     "score_variant",
-    "session_level",
+    "variant_logits",
 ]
 
 DEFAULT_MAX_AUC_DROP = 0.005
@@ -38,11 +41,6 @@ DEFAULT_MAX_AUC_DROP = 0.005
 # to 1e-2, which moves a few images in a thousand. More than 1 % means the variant has become a different
 # detector near its decision boundary, even when its AUC (a ranking measure, blind to a shifted threshold) holds.
 DEFAULT_MIN_AGREEMENT = 0.99
-GRAPH_LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
-# ONNX Runtime's CPU provider (1.24 to 1.32) crashes the process (SIGSEGV) creating a session for an AutoCast
-# FP16 graph at ORT_ENABLE_ALL; ORT_ENABLE_EXTENDED and below run it (benchmarks/RESULTS.md). Graphs with float16
-# tensors are therefore scored at ORT_ENABLE_EXTENDED.
-FLOAT16_LEVEL = "ORT_ENABLE_EXTENDED"
 GATE_BATCH = 16
 
 
@@ -81,37 +79,29 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
-def session_level(onnx_bytes: bytes) -> str:
-    """The ONNX Runtime graph optimization level a graph is scored at: `FLOAT16_LEVEL` when it holds float16
-    tensors, else ``ORT_ENABLE_ALL``."""
-    import onnx
+def variant_logits(package: ModelPackage, precision: str, batch: np.ndarray) -> tuple[np.ndarray, str]:
+    """Logits of one variant of ``package`` for a preprocessed batch ``[N, 3, S, S]``, from the SDK's ONNX Runtime
+    backend on the CPU (so at the graph optimization level the SDK runs that variant at), `GATE_BATCH` images at
+    a time; and that level's name.
 
-    model = onnx.load_from_string(onnx_bytes)
-    float16 = onnx.TensorProto.FLOAT16
-    has_half = any(t.data_type == float16 for t in model.graph.initializer) or any(
-        a.name == "to" and a.i == float16 for n in model.graph.node if n.op_type == "Cast" for a in n.attribute
-    )
-    return FLOAT16_LEVEL if has_half else "ORT_ENABLE_ALL"
-
-
-def ort_logits(onnx_bytes: bytes, batch: np.ndarray, level: str | None = None, input_name: str = "image",
-               output_name: str = "logit") -> np.ndarray:
-    """Logits of a graph for a preprocessed batch ``[N, 3, S, S]``, from an ONNX Runtime CPU session at ``level``
-    (`session_level` by default), run `GATE_BATCH` images at a time."""
+    Raises:
+        ModelPackageError: ONNX Runtime cannot load or run the variant, or its smoke check fails.
+    """
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level or session_level(onnx_bytes))
-    options.log_severity_level = 3
-    session = ort.InferenceSession(onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"])
-    parts = [session.run([output_name], {input_name: batch[i : i + GATE_BATCH]})[0]
-             for i in range(0, len(batch), GATE_BATCH)]
-    return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+    from dgs_sdk.backends.onnxruntime import optimization_level
+
+    backend = create_backend("onnxruntime", package, device="cpu", precision=precision)
+    parts = [backend.run(batch[i : i + GATE_BATCH]) for i in range(0, len(batch), GATE_BATCH)]
+    level = optimization_level(ort, precision, on_cuda=False).name
+    return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), level
 
 
 def score_variant(precision: str, reference: np.ndarray, logits: np.ndarray, labels: np.ndarray, threshold: float,
-                  config: GateConfig, ort_level: str = "ORT_ENABLE_ALL") -> VariantScore:
-    """Compare a variant's ``logits`` with float32's ``reference`` on images with ``labels`` (0 real, 1 fake)."""
+                  config: GateConfig, ort_level: str | None = "ORT_ENABLE_ALL", error: str | None = None,
+                  ) -> VariantScore:
+    """Compare a variant's ``logits`` with float32's ``reference`` on images with ``labels`` (0 real, 1 fake);
+    ``error`` says why the variant could not be run (it then fails, whatever its logits)."""
     reference, logits = np.asarray(reference, np.float64), np.asarray(logits, np.float64)
     labels = np.asarray(labels, int)
     p_ref, p = sigmoid(reference), sigmoid(logits)
@@ -137,7 +127,9 @@ def score_variant(precision: str, reference: np.ndarray, logits: np.ndarray, lab
         "min_agreement": config.min_agreement,
     }
     reasons = []
-    if not finite:
+    if error:
+        reasons.append(error)
+    elif not finite:
         reasons.append("its logits are not all finite numbers")
     if auc_drop is not None and auc_drop > config.max_auc_drop:
         reasons.append(f"AUC {auc_variant:.4f} is {auc_drop:.4f} below float32's {auc_ref:.4f} "
@@ -148,17 +140,24 @@ def score_variant(precision: str, reference: np.ndarray, logits: np.ndarray, lab
     return VariantScore(precision, figures, passed=not reasons, reasons=reasons)
 
 
-def gate_variants(reference_bytes: bytes, variants: dict[str, bytes], batch: np.ndarray, labels: np.ndarray,
-                  threshold: float, config: GateConfig | None = None) -> list[VariantScore]:
-    """Score every variant against the float32 graph on ``batch`` (preprocessed images ``[N, 3, S, S]``) with
-    ``labels``; one `VariantScore` per variant, in the order given."""
+def gate_variants(package: ModelPackage, precisions: Sequence[str], batch: np.ndarray, labels: np.ndarray,
+                  config: GateConfig | None = None) -> list[VariantScore]:
+    """Score variants ``precisions`` of ``package`` against its fp32 variant on ``batch`` (preprocessed images
+    ``[N, 3, S, S]``) with ``labels``, at the package's threshold; one `VariantScore` each, in the order given.
+
+    A variant that ONNX Runtime cannot load or run, or whose output is not finite, fails with the reason.
+    """
     config = config or GateConfig()
-    reference = ort_logits(reference_bytes, batch)
+    threshold = package.manifest.threshold
+    reference, _ = variant_logits(package, "fp32", batch)
     scores = []
-    for precision, onnx_bytes in variants.items():
-        level = session_level(onnx_bytes)
-        scores.append(score_variant(precision, reference, ort_logits(onnx_bytes, batch, level), labels, threshold,
-                                    config, level))
+    for precision in precisions:
+        try:
+            logits, level = variant_logits(package, precision, batch)
+            error = None
+        except ModelPackageError as e:
+            logits, level, error = np.full(len(batch), np.nan, np.float32), None, f"ONNX Runtime cannot run it: {e}"
+        scores.append(score_variant(precision, reference, logits, labels, threshold, config, level, error))
     return scores
 
 

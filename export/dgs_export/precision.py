@@ -22,6 +22,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,8 @@ import onnx
 from dgs_sdk.errors import DgsError
 from dgs_sdk.image import load_image
 from dgs_sdk.preprocess import PreprocessSpec, crop_image, normalize
+from dgs_sdk.scan import discover
+from dgs_trainer.data import DataLayoutError, Sample, load_samples
 
 from .onnx_export import ExportError
 
@@ -37,8 +40,10 @@ __all__ = [
     "CONVERSIONS",
     "DEFAULT_CALIBRATION_IMAGES",
     "REDUCED_PRECISIONS",
+    "ImageSets",
     "QuantizationUnavailable",
     "calibration_batch",
+    "choose_image_sets",
     "convert",
     "load_calibration_images",
     "to_fp16",
@@ -120,6 +125,93 @@ def load_calibration_images(paths: Sequence[str], spec: PreprocessSpec, limit: i
     if not crops:
         return np.zeros((0, 3, spec.size, spec.size), np.float32), []
     return normalize(np.stack(crops), spec), used
+
+
+@dataclass
+class ImageSets:
+    """Which images calibrate the variants and which score them in the accuracy gate.
+
+    Attributes:
+        calibration: image paths that calibrate (int8 ranges, fp16 AutoCast's range check).
+        calibration_source: where they come from, for the manifest and the command's report.
+        gate: labelled images that the accuracy gate scores.
+        gate_source: where they come from.
+        overlap: calibration and gate images are the same ones (nothing else was there to keep them apart).
+    """
+
+    calibration: list[str]
+    calibration_source: str
+    gate: list[Sample] = field(default_factory=list)
+    gate_source: str = ""
+    overlap: bool = False
+
+    def describe(self) -> dict:
+        return {
+            "calibration": f"{len(self.calibration)} images from {self.calibration_source}",
+            "gate": f"{len(self.gate)} labelled images from {self.gate_source}",
+            "overlap": self.overlap,
+        }
+
+
+def _spread(items: list, limit: int) -> list:
+    """At most ``limit`` of ``items``, spread evenly over them (so every generator and label has its share)."""
+    if len(items) <= limit:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
+
+
+def _labelled(root: str) -> list[Sample] | None:
+    try:
+        return load_samples(root)
+    except DataLayoutError:
+        return None
+
+
+def choose_image_sets(precisions: Sequence[str], train_config, calib_data: str | None = None,
+                      calib_images: int = DEFAULT_CALIBRATION_IMAGES, gate_images: int = 1000) -> ImageSets:
+    """Pick the calibration and gate images of a run's export, kept apart where the data allows.
+
+    Gate (labelled, held out): the run's validation split; without one, ``calib_data`` if it is labelled,
+    else the run's training data. Calibration: ``calib_data`` (labelled or not) if given, else the run's training
+    data, less the gate's images. When both come from the same images, they are split between the two
+    (alternate images, so both get every generator and label); only when nothing else is left do they overlap.
+
+    Also checks, before the long export starts, that Model Optimizer is installed when ``fp16`` or ``int8``
+    is asked for.
+
+    Raises:
+        QuantizationUnavailable: Model Optimizer is missing.
+        ExportError: no labelled images for the gate, or no images to calibrate.
+    """
+    if {"fp16", "int8"} & set(precisions):
+        _modelopt()
+    train = lambda: load_samples(train_config.data, train_config.split)  # noqa: E731 - read only when needed
+    given = _labelled(calib_data) if calib_data else None
+    if train_config.val:
+        gate, gate_source = load_samples(train_config.val, train_config.val_split), f"{train_config.val} (validation)"
+    elif given:
+        gate, gate_source = given, f"{calib_data} (--calib-data)"
+    else:
+        gate, gate_source = train(), f"{train_config.data} (training data: the run has no validation set)"
+    if calib_data:
+        pool = [t.path for t in discover([calib_data]) if t.error is None]
+        pool_source = f"{calib_data} (--calib-data)"
+    else:
+        pool, pool_source = [s.path for s in (gate if not train_config.val else train())], \
+            f"{train_config.data} (training data)"
+    gate_paths = {s.path for s in gate}
+    if gate_paths >= set(pool):  # one set of images for both: alternate ones go to each
+        gate_part, pool_part = gate[1::2], [s.path for s in gate[0::2]]
+        if gate_part and pool_part:
+            gate, pool = gate_part, pool_part
+        overlap = not (gate_part and pool_part)
+    else:
+        pool, overlap = [path for path in pool if path not in gate_paths], False
+    if not gate:
+        raise ExportError(f"{gate_source}: no labelled images to score the reduced-precision variants with")
+    if not pool:
+        raise ExportError(f"{pool_source}: no images to calibrate the reduced-precision variants with")
+    return ImageSets(_spread(pool, calib_images), pool_source, _spread(gate, gate_images), gate_source, overlap)
 
 
 def to_fp16(onnx_bytes: bytes, calibration: np.ndarray | None = None) -> bytes:
