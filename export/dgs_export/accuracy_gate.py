@@ -179,7 +179,7 @@ def format_table(scores: list[VariantScore]) -> str:
                      "pass" if score.passed else "FAIL"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.insert(0, f"accuracy gate on {first['images']} held-out images, threshold {first['threshold']:.4f} "
+    lines.insert(0, f"accuracy gate on {first['images']} labelled images, threshold {first['threshold']:.4f} "
                     f"(ONNX Runtime CPU; at most {first['max_auc_drop']:g} AUC drop, at least "
                     f"{first['min_agreement']:.2%} label agreement with fp32):")
     for score in scores:

@@ -9,7 +9,7 @@ from dgs_sdk.package import PRECISIONS, ModelPackage
 from .accuracy_gate import DEFAULT_MAX_AUC_DROP, DEFAULT_MIN_AGREEMENT, format_table
 from .onnx_export import DEFAULT_OPSET
 from .precision import DEFAULT_CALIBRATION_IMAGES
-from .run_export import DEFAULT_GATE_IMAGES, ExportConfig, export_run, parse_precisions
+from .run_export import DEFAULT_GATE_IMAGES, ExportConfig, export_run_report, parse_precisions
 
 __all__ = ["export_command"]
 
@@ -54,7 +54,7 @@ def export_command(run, out, opset, batch, precisions, calib_data, calib_images,
     config = ExportConfig(run=run, out=out, opset=opset, batch=batch, calib_data=calib_data, max_images=max_images,
                           precisions=parse_precisions(precisions), calib_images=calib_images, gate_images=gate_images,
                           max_auc_drop=max_auc_drop, min_agreement=min_agreement)
-    result = export_run(config)
+    result = export_run_report(config)
     manifest = ModelPackage.load(result.path).manifest
     parity = manifest.provenance["parity"]
     click.echo(f"parity with torch: max |probability difference| {parity['max_abs_probability_diff']:.2e} on "

@@ -30,7 +30,7 @@ from .onnx_export import DEFAULT_OPSET, ExportError, export_package
 from .precision import DEFAULT_CALIBRATION_IMAGES, ImageSets, choose_image_sets, convert, load_calibration_images
 
 __all__ = ["PACKAGE_SUFFIX", "ExportConfig", "ExportResult", "GateError", "add_variants", "check_package_path",
-           "export_run", "parity_images", "parse_precisions"]
+           "export_run", "export_run_report", "parity_images", "parse_precisions"]
 
 PACKAGE_SUFFIX = ".dgs"
 DEFAULT_GATE_IMAGES = 1000
@@ -177,7 +177,13 @@ def _image_paths(config: ExportConfig, train_config) -> tuple[list[str], str]:
     return [s.path for s in load_samples(train_config.data, train_config.split)], train_config.data
 
 
-def export_run(config: ExportConfig) -> ExportResult:
+def export_run(config: ExportConfig) -> Path:
+    """`export_run_report`, giving the path of the package written (variants that failed the accuracy gate are
+    named under ``refused`` in its manifest's provenance ``precision_variants``)."""
+    return export_run_report(config).path
+
+
+def export_run_report(config: ExportConfig) -> ExportResult:
     """Export the run's inference network and write a verified package: LoRA merged and the image head only
     for DGS-Net runs; the prompted image encoder and the two class anchors for MiraGe runs.
 
