@@ -169,10 +169,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="timed runs per variant")
     args = parser.parse_args()
 
+    import onnxruntime
+
     from dgs_export.precision import calibration_batch
     from dgs_sdk import PreprocessSpec
-
-    import onnxruntime
 
     spec = PreprocessSpec.clip()
     calibration = calibration_batch(crops(args.calib_images, seed=1), spec)

@@ -61,6 +61,10 @@ def test_calibration_and_gate_images_are_kept_apart(tmp_path, dataset, photo_fol
     sets = choose_image_sets(["int8-cpu"], run)
     assert sorted(sets.calibration + [s.path for s in sets.gate]) == every and not sets.overlap
     assert not set(sets.calibration) & {s.path for s in sets.gate} and {s.label for s in sets.gate} == {0, 1}
+    # Labelled --calib-data and no validation set: split between the two as well.
+    sets = choose_image_sets(["int8-cpu"], run, calib_data=str(dataset / "blocky"))
+    assert len(sets.calibration) == len(sets.gate) == 6 and not set(sets.calibration) & {s.path for s in sets.gate}
+    assert "--calib-data" in sets.gate_source and "--calib-data" in sets.calibration_source
     # Unlabelled --calib-data calibrates; the training images score.
     sets = choose_image_sets(["int8-cpu"], run, calib_data=str(photo_folder))
     assert len(sets.calibration) == 4 and all(p.startswith(str(photo_folder)) for p in sets.calibration)

@@ -185,28 +185,29 @@ def choose_image_sets(precisions: Sequence[str], train_config, calib_data: str |
     """
     if {"fp16", "int8"} & set(precisions):
         _modelopt()
-    train = lambda: load_samples(train_config.data, train_config.split)  # noqa: E731 - read only when needed
     given = _labelled(calib_data) if calib_data else None
+    training: list[Sample] | None = None
     if train_config.val:
         gate, gate_source = load_samples(train_config.val, train_config.val_split), f"{train_config.val} (validation)"
     elif given:
         gate, gate_source = given, f"{calib_data} (--calib-data)"
     else:
-        gate, gate_source = train(), f"{train_config.data} (training data: the run has no validation set)"
+        training = load_samples(train_config.data, train_config.split)
+        gate, gate_source = training, f"{train_config.data} (training data: the run has no validation set)"
     if calib_data:
-        pool = [t.path for t in discover([calib_data]) if t.error is None]
-        pool_source = f"{calib_data} (--calib-data)"
+        pool, pool_source = [t.path for t in discover([calib_data]) if t.error is None], f"{calib_data} (--calib-data)"
     else:
-        pool, pool_source = [s.path for s in (gate if not train_config.val else train())], \
-            f"{train_config.data} (training data)"
-    gate_paths = {s.path for s in gate}
-    if gate_paths >= set(pool):  # one set of images for both: alternate ones go to each
-        gate_part, pool_part = gate[1::2], [s.path for s in gate[0::2]]
-        if gate_part and pool_part:
-            gate, pool = gate_part, pool_part
-        overlap = not (gate_part and pool_part)
+        training = training or load_samples(train_config.data, train_config.split)
+        pool, pool_source = [s.path for s in training], f"{train_config.data} (training data)"
+    in_gate = {os.path.realpath(s.path) for s in gate}
+    overlap = False
+    if in_gate >= {os.path.realpath(path) for path in pool}:  # one set of images for both: alternate ones to each
+        if len(gate) > 1:
+            gate, pool = gate[1::2], [s.path for s in gate[0::2]]
+        else:
+            overlap = True
     else:
-        pool, overlap = [path for path in pool if path not in gate_paths], False
+        pool = [path for path in pool if os.path.realpath(path) not in in_gate]
     if not gate:
         raise ExportError(f"{gate_source}: no labelled images to score the reduced-precision variants with")
     if not pool:
