@@ -18,7 +18,7 @@ setup() {
   fi
   "$PYTHON" -m venv "$VENV"
   "$PY" -m pip install --quiet --upgrade pip
-  "$PY" -m pip install --quiet -e ".[train,export,dev]"
+  "$PY" -m pip install --quiet -e ".[train,export,quantize,dev]"
   touch "$VENV/.installed"
 }
 

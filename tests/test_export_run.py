@@ -56,7 +56,7 @@ def test_fixed_batch_export_runs_any_number_of_images(tmp_path, dgs_run, dataset
 def test_cli_export_and_its_errors(tmp_path, dgs_run, dataset):
     runner = CliRunner()
     out = tmp_path / "cli.dgs"
-    result = runner.invoke(main, ["export", str(dgs_run), "--out", str(out), "--calib", str(dataset / "blocky")])
+    result = runner.invoke(main, ["export", str(dgs_run), "--out", str(out), "--calib-data", str(dataset / "blocky")])
     assert result.exit_code == 0, result.output
     provenance = ModelPackage.load(out).manifest.provenance
     assert provenance["parity_images"].endswith("from blocky")
