@@ -22,11 +22,14 @@ from dgs_sdk.preprocess import preprocess_batch  # noqa: E402
 pytest.importorskip("modelopt.onnx.quantization", reason='needs NVIDIA Model Optimizer: pip install "dgs[quantize]"')
 
 
-def ort_run(onnx_bytes: bytes, batch: np.ndarray, level: str = "ORT_ENABLE_ALL") -> np.ndarray:
+def ort_run(onnx_bytes: bytes, batch: np.ndarray, precision: str = "fp32") -> np.ndarray:
+    """The graph's logits on ONNX Runtime's CPU provider, at the level the SDK runs ``precision`` there."""
     import onnxruntime as ort
 
+    from dgs_sdk.backends.onnxruntime import optimization_level
+
     options = ort.SessionOptions()
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    options.graph_optimization_level = optimization_level(ort, precision, on_cuda=False)
     options.log_severity_level = 3
     session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
     (image,), (logit,) = session.get_inputs(), session.get_outputs()
@@ -83,16 +86,16 @@ def test_every_variant_keeps_the_interface_and_runs(tiny_graph, variants, batch)
         model = onnx.load_from_string(onnx_bytes)
         onnx.checker.check_model(model)
         assert {node.domain for node in model.graph.node} <= {"", "ai.onnx"}, precision  # what packages allow
-        # fp16 at ORT_ENABLE_EXTENDED: ONNX Runtime's CPU provider crashes on FP16 graphs at ORT_ENABLE_ALL.
-        logits = ort_run(onnx_bytes, batch, "ORT_ENABLE_EXTENDED" if precision == "fp16" else "ORT_ENABLE_ALL")
+        logits = ort_run(onnx_bytes, batch, precision)
         assert logits.shape == reference.shape and np.all(np.isfinite(logits)), precision
         assert not np.array_equal(logits, reference), f"{precision} computes exactly float32's logits"
     kinds = {p: {node.op_type for node in onnx.load_from_string(b).graph.node} for p, b in variants.items()}
     assert {"QuantizeLinear", "DequantizeLinear"} <= kinds["int8"]
     assert {"DynamicQuantizeLinear", "MatMulInteger"} <= kinds["int8-cpu"]
-    assert "Cast" in kinds["fp16"] and onnx.TensorProto.FLOAT16 in {
-        t.data_type for t in onnx.load_from_string(variants["fp16"]).graph.initializer
-    }
+    for precision in ("fp16", "int8"):  # int8's unquantized nodes are FP16 too, for a strongly typed TensorRT
+        assert "Cast" in kinds[precision] and onnx.TensorProto.FLOAT16 in {
+            t.data_type for t in onnx.load_from_string(variants[precision]).graph.initializer
+        }, precision
 
 
 def test_variants_stay_close_to_float32(tiny_graph, variants, batch):
@@ -103,11 +106,11 @@ def test_variants_stay_close_to_float32(tiny_graph, variants, batch):
     from scipy.stats import spearmanr
 
     reference = ort_run(tiny_graph, batch)
-    fp16 = ort_run(variants["fp16"], batch, "ORT_ENABLE_EXTENDED")
+    fp16 = ort_run(variants["fp16"], batch, "fp16")
     assert np.abs(fp16 - reference).max() < 0.02
-    int8 = ort_run(variants["int8"], batch)
+    int8 = ort_run(variants["int8"], batch, "int8")
     assert np.abs(int8 - reference).max() < 2.0 and spearmanr(int8, reference).statistic > 0.95
-    int8_cpu = ort_run(variants["int8-cpu"], batch)
+    int8_cpu = ort_run(variants["int8-cpu"], batch, "int8-cpu")
     assert np.abs(int8_cpu - reference).max() < 5.0 and spearmanr(int8_cpu, reference).statistic > 0.9
 
 
@@ -118,3 +121,45 @@ def test_conversions_refuse_what_they_cannot_convert(tiny_graph, variants):
         convert(tiny_graph, "int8", None)
     with pytest.raises(ExportError, match="not a conversion"):
         convert(tiny_graph, "int4")
+
+
+FP16_SCRIPT = """
+import sys
+import numpy as np
+from dgs_sdk import Detector
+detector = Detector(sys.argv[1], device="cpu", precision="fp16")
+print(detector.precision, detector.predict(np.full((64, 64, 3), 128, np.uint8)).probability)
+"""
+ALL_LEVEL_SCRIPT = """
+import sys
+import onnxruntime as ort
+options = ort.SessionOptions()
+options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+ort.InferenceSession(open(sys.argv[1], "rb").read(), options, providers=["CPUExecutionProvider"])
+print("created")
+"""
+
+
+def test_the_sdk_runs_an_fp16_variant_on_cpu_where_onnx_runtime_alone_would_crash(tmp_path, variants):
+    """An fp16-only package scores on the CPU through the Detector (in a child process, so that a crash is a
+    failure, not the end of the test run); the same graph at ORT_ENABLE_ALL kills its process (SIGSEGV), which is
+    why the SDK runs it at `FP16_CPU_LEVEL`."""
+    import subprocess
+    import sys
+
+    from dgs_sdk import Manifest, write_package
+    from dgs_sdk.package import Variant
+
+    manifest = Manifest(preprocess=PreprocessSpec.clip(), variants={"fp16": Variant("fp16", "model.fp16.onnx")})
+    package = write_package(tmp_path / "fp16.dgs", manifest, {"model.fp16.onnx": variants["fp16"]})
+    sdk = subprocess.run([sys.executable, "-c", FP16_SCRIPT, str(package)], capture_output=True, text=True)
+    assert sdk.returncode == 0, sdk.stderr
+    precision, probability = sdk.stdout.split()
+    assert precision == "fp16" and 0.0 <= float(probability) <= 1.0
+    graph = tmp_path / "model.fp16.onnx"
+    graph.write_bytes(variants["fp16"])
+    alone = subprocess.run([sys.executable, "-c", ALL_LEVEL_SCRIPT, str(graph)], capture_output=True, text=True)
+    assert alone.returncode == -11, (
+        f"ONNX Runtime no longer crashes on FP16 graphs at ORT_ENABLE_ALL (exit {alone.returncode}): "
+        "FP16_CPU_LEVEL in dgs_sdk.backends.onnxruntime can be raised"
+    )
