@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import mean_graph, scaled_graph, variant_package
+from conftest import GATE_FIGURES, mean_graph, scaled_graph, variant_package
 from dgs_sdk import Manifest, ModelPackage, ModelPackageError, PreprocessSpec, preprocess, write_package
 from dgs_sdk.package import FORMAT_VERSION, MANIFEST_NAME, sha256_hex
 
@@ -151,13 +151,13 @@ def test_a_package_holds_precision_variants_and_keeps_only_the_one_it_loads(tmp_
     path = variant_package(tmp_path / "variants.dgs", ("fp32", "fp16", "int8-cpu"))
     raw = json.loads(zipfile.ZipFile(path).read(MANIFEST_NAME))
     assert raw["format_version"] == 2 and "file" not in raw["model"]
-    figures = {"auc": 0.99, "max_abs_dp": 1e-3}
+    figures = GATE_FIGURES
     assert raw["model"]["variants"]["fp16"] == {"file": "model.fp16.onnx", "accuracy": figures}
     package = ModelPackage.load(path, precision="int8-cpu")
     m = package.manifest
     assert list(m.variants) == ["fp32", "fp16", "int8-cpu"] and m.default_precision == "fp32"
     assert list(package.members) == ["model.int8-cpu.onnx"]
-    assert m.variants["int8-cpu"].accuracy == {"auc": 0.99, "max_abs_dp": 1e-3}
+    assert m.variants["int8-cpu"].accuracy == GATE_FIGURES
     assert package.variant_bytes("fp16") == scaled_graph(2.0, 224)  # read on demand, verified
     assert package.variant_sha256("fp32") == sha256_hex(scaled_graph(1.0, 224))
     with pytest.raises(ModelPackageError, match=r"variants.dgs: has no 'int8' variant \(it has fp32, fp16, int8-cpu\)"):

@@ -197,6 +197,23 @@ def _figure(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _accuracy_line(figures: dict) -> str:
+    """The accuracy gate's main figures of a variant (see dgs_export.accuracy_gate), in a few words."""
+    if not figures:
+        return ""
+    parts = []
+    if figures.get("auc") is not None:
+        parts.append(f"AUC {figures['auc']:.4f}" + (f" (fp32 {figures['fp32_auc']:.4f})"
+                                                     if figures.get("fp32_auc") is not None else ""))
+    if figures.get("max_abs_delta_p") is not None:
+        parts.append(f"max |dp| {figures['max_abs_delta_p']:.2g}")
+    if figures.get("agreement") is not None:
+        parts.append(f"labels as fp32 {figures['agreement']:.1%}")
+    if figures.get("images"):
+        parts.append(f"on {figures['images']} images")
+    return "  vs fp32: " + ", ".join(parts) if parts else ""
+
+
 def _package_info(model: str) -> None:
     from .backends import choose_backend
     from .package import ModelPackage
@@ -213,9 +230,8 @@ def _package_info(model: str) -> None:
     width = max(len(v.file) for v in m.variants.values())
     for precision, variant in m.variants.items():
         meta = m.files[variant.file]
-        figures = ", ".join(f"{k} {_figure(v)}" for k, v in variant.accuracy.items() if not isinstance(v, dict))
         click.echo(f"    {precision:<9}{variant.file:<{width + 2}}{meta['size'] / 1e6:9.1f} MB  "
-                   f"sha256 {meta['sha256'][:16]}" + (f"  vs fp32: {figures}" if figures else ""))
+                   f"sha256 {meta['sha256'][:16]}" + _accuracy_line(variant.accuracy))
     try:
         backend, precision = choose_backend("auto", m, source=model)
         click.echo(f"  here, auto runs: {precision} with {backend.name}")
