@@ -29,21 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from _common import header, photos
+from dgs_trainer.samples import photo_crops
 
 LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
 VARIANTS = ("int8-cpu", "static-qdq", "int8", "fp16")
 
 
 def crops(count: int, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    images, out = photos(), []
-    for i in range(count):
-        photo = images[i % len(images)]
-        h, w = photo.shape[:2]
-        side = int(rng.integers(min(h, w) // 3, min(h, w)))
-        top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        out.append(np.ascontiguousarray(photo[top : top + side, left : left + side]))
-    return out
+    return photo_crops(photos(), count, seed)
 
 
 def export_fp32(arch: str) -> bytes:
@@ -104,6 +97,15 @@ def convert_in_child(variant: str, tmp: Path, calibration: Path) -> tuple[bytes,
     if child.exitcode != 0:
         raise RuntimeError(f"{variant}: the conversion failed (exit code {child.exitcode})")
     return target.read_bytes(), json.loads(report.read_text())
+
+
+def sdk_level(precision: str) -> str:
+    """The graph optimization level the SDK runs ``precision`` at on the CPU (static Q/DQ: as int8-cpu)."""
+    import onnxruntime as ort
+
+    from dgs_sdk.backends.onnxruntime import optimization_level
+
+    return optimization_level(ort, "fp32" if precision == "static-qdq" else precision, on_cuda=False).name
 
 
 def session(onnx_bytes: bytes, level: str):
@@ -189,7 +191,7 @@ def main() -> None:
             graphs, costs = {"fp32": fp32}, {}
             for variant in VARIANTS:
                 graphs[variant], costs[variant] = convert_in_child(variant, tmp, tmp / "calibration.npy")
-            levels = {name: "ORT_ENABLE_EXTENDED" if name == "fp16" else "ORT_ENABLE_ALL" for name in graphs}
+            levels = {name: sdk_level(name) for name in graphs}
             sessions = {name: session(graph, levels[name]) for name, graph in graphs.items()}
             reference = logits(sessions["fp32"], scored)
             speed = speeds(sessions, scored[:8], args.runs)
@@ -206,7 +208,7 @@ def main() -> None:
                       f"{cost.get('seconds', 0):.1f} | {cost.get('peak_gb', 0):.2f} | {len(graphs[name]) / 1e6:.0f} |")
             print(f"\nfp32 logits over the scored crops: std {reference.std():.4f}\n")
             print("| variant | level | session | images/s | max abs dlogit |\n|---|---|---|---|---|")
-            for name in ("fp32", "fp16"):
+            for name in ("fp32", "fp16", "int8"):
                 print("\n".join(level_matrix(tmp, name, scored[:8], reference[:8], args.runs)))
             print()
 

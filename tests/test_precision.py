@@ -18,6 +18,7 @@ from dgs_export.precision import (  # noqa: E402
 )
 from dgs_sdk import PreprocessSpec  # noqa: E402
 from dgs_sdk.preprocess import preprocess_batch  # noqa: E402
+from dgs_trainer.samples import photo_crops  # noqa: E402
 
 pytest.importorskip("modelopt.onnx.quantization", reason='needs NVIDIA Model Optimizer: pip install "dgs[quantize]"')
 
@@ -38,17 +39,7 @@ def ort_run(onnx_bytes: bytes, batch: np.ndarray, precision: str = "fp32") -> np
 
 
 def crops(photos: dict[str, np.ndarray], count: int = 24) -> list[np.ndarray]:
-    """Square crops of the photographs at several scales: more distinct images than the six photographs."""
-    rng = np.random.default_rng(0)
-    images = list(photos.values())
-    out = []
-    for i in range(count):
-        photo = images[i % len(images)]
-        h, w = photo.shape[:2]
-        side = int(rng.integers(min(h, w) // 3, min(h, w)))
-        top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        out.append(np.ascontiguousarray(photo[top : top + side, left : left + side]))
-    return out
+    return photo_crops(list(photos.values()), count)
 
 
 @pytest.fixture(scope="module")

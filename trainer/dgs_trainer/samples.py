@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SAMPLE_CAPTIONS", "SAMPLE_PHOTOS", "sample_photos"]
+__all__ = ["SAMPLE_CAPTIONS", "SAMPLE_PHOTOS", "photo_crops", "sample_photos"]
 
 SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
 # What each photograph shows, as a captioner would say it (and never whether an image of it is real).
@@ -23,3 +23,17 @@ def sample_photos() -> dict[str, np.ndarray]:
     import skimage.data
 
     return {name: getattr(skimage.data, name)() for name in SAMPLE_PHOTOS}
+
+
+def photo_crops(images: list[np.ndarray], count: int, seed: int = 0) -> list[np.ndarray]:
+    """``count`` square crops of ``images`` (taken in turn) at random places and scales, from a third of the
+    shorter side to all of it: more distinct images than the photographs themselves."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        photo = images[i % len(images)]
+        h, w = photo.shape[:2]
+        side = int(rng.integers(min(h, w) // 3, min(h, w)))
+        top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        out.append(np.ascontiguousarray(photo[top : top + side, left : left + side]))
+    return out

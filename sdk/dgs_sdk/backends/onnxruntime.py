@@ -48,14 +48,14 @@ def optimization_level(ort, precision: str, on_cuda: bool):
 class OnnxRuntimeBackend(Backend):
     """Runs one of the package's ONNX variants with ONNX Runtime.
 
-    Variants by speed (`preferred_precisions`): on CPU ``int8-cpu`` (its own dynamic INT8 operators), then
-    ``fp32``, then ``int8`` (Q/DQ runs, but as slowly as fp32 and a little less accurately), then ``fp16``
-    (slower than fp32 on CPU, and run at a lower graph optimisation level: see `optimization_level`); on CUDA
-    ``fp16``, ``fp32``, ``int8-cpu``, ``int8``.
+    Variants by speed (`preferred_precisions`, measured in benchmarks/RESULTS.md): on CPU ``int8-cpu`` (its own
+    dynamic INT8 operators, 1.6x fp32 on ViT-B-16), ``fp32``, ``fp16`` (0.9x) and ``int8`` (0.65x: Q/DQ made for
+    TensorRT, with FP16 between the quantized nodes), the last two at a lower graph optimisation level (see
+    `optimization_level`); on CUDA ``fp16``, ``fp32``, ``int8-cpu``, ``int8``.
     """
 
     name = "onnxruntime"
-    precisions = ("int8-cpu", "fp32", "int8", "fp16")
+    precisions = ("int8-cpu", "fp32", "fp16", "int8")
 
     @classmethod
     def is_available(cls) -> bool:
