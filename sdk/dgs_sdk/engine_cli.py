@@ -33,10 +33,13 @@ def engine_command(model, precision, batch, device, workspace) -> None:
     Scans and evaluations with --backend tensorrt then load it instead of building one: they take the newest
     engine built for the package's variant on this GPU, whatever its --batch and --workspace.
     """
-    from .backends.tensorrt import EngineOptions, prepare_engine
-    from .package import ModelPackage
+    from .backends import choose_backend
+    from .backends.tensorrt import EngineOptions, TensorRTBackend, prepare_engine
+    from .package import ModelPackage, read_manifest
 
-    package = ModelPackage.load(model)
+    # The variant is chosen from the manifest first, so that only it is read into memory (a Jetson's is small).
+    _, precision = choose_backend(TensorRTBackend.name, read_manifest(model), device, precision, model)
+    package = ModelPackage.load(model, precision=precision)
     backend = prepare_engine(package, precision, device, EngineOptions(profile=batch, workspace_mib=workspace))
     entry = backend.entry
     click.echo(f"engine: {entry.plan}")
