@@ -131,3 +131,28 @@ def test_a_vit_b_graph_with_one_weight_moved_to_external_data_is_refused(vit_b_p
     with pytest.raises(ModelPackageError, match=f"tensor '{weight.name}' refers to external data"):
         Detector(hostile)
     assert np.prod(weight.dims) >= 768 * 768
+
+
+def test_a_vit_b_int8_cpu_variant_is_what_auto_runs_on_cpu_and_tracks_float32(vit_b_package, photos, tmp_path):
+    """The CPU variant of a real-size package: converted, written beside fp32, chosen by `auto` on the CPU and
+    scored through the Detector. Bound: logits within 0.6 of float32's (0.27 measured on random ViT-B-16 weights,
+    benchmarks/RESULTS.md) and the images in nearly the same order."""
+    from scipy.stats import spearmanr
+
+    from dgs_export.precision import to_int8_cpu
+    from dgs_sdk import write_package
+    from dgs_sdk.package import Variant
+
+    package = ModelPackage.load(vit_b_package)
+    manifest = package.manifest
+    manifest.variants["int8-cpu"] = Variant("int8-cpu", "model.int8-cpu.onnx")
+    members = {"model.onnx": package.model_bytes, "model.int8-cpu.onnx": to_int8_cpu(package.model_bytes)}
+    path = write_package(tmp_path / "vit-b-16-variants.dgs", manifest, members)
+    images = list(photos.values())
+    auto = Detector(path, device="cpu").predict(images)
+    fp32 = Detector(path, device="cpu", precision="fp32").predict(images)
+    assert {r.variant for r in auto} == {"int8-cpu"} and {r.variant for r in fp32} == {"fp32"}
+    logits, reference = np.array([r.logit for r in auto]), np.array([r.logit for r in fp32])
+    assert np.abs(logits - reference).max() < 0.6
+    assert spearmanr(logits, reference).statistic > 0.8
+    assert ModelPackage.load(path).manifest.files["model.int8-cpu.onnx"]["size"] < 0.3 * len(package.model_bytes)
