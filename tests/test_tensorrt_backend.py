@@ -241,6 +241,17 @@ def test_auto_takes_the_fastest_variant_the_package_has(monkeypatch, tmp_path, v
     np.testing.assert_allclose(backend.run(x), x.mean(axis=(1, 2, 3)) * (variants.index(chosen) + 1), rtol=1e-5)
 
 
+def test_auto_on_the_cpu_takes_onnx_runtime_even_where_tensorrt_works(monkeypatch, tmp_path):
+    standin = trt_standin.install(monkeypatch)
+    package = ModelPackage.load(variant_package(tmp_path / "v.dgs", ("fp32", "int8"), size=32))
+    backend = create_backend("auto", package, device="cpu")
+    assert (backend.name, backend.device, backend.precision) == ("onnxruntime", "cpu", "fp32")
+    assert create_backend("auto", package).name == "tensorrt"
+    with pytest.raises(BackendUnavailable, match="the tensorrt backend does not run on device 'cpu'"):
+        create_backend("tensorrt", package, device="cpu")
+    assert standin.builds == 1
+
+
 # -- the cache, through the backend ---------------------------------------------------------------------------
 
 

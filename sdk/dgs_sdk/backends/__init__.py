@@ -56,6 +56,8 @@ def choose_backend(name: str, manifest: Manifest, device: str | None = None, pre
                                  f"{', '.join(BACKENDS[name].precisions)})")
     if name != "auto" and not BACKENDS[name].is_available():
         raise BackendUnavailable(f"backend {name!r} cannot be used here: {BACKENDS[name].unavailable_reason()}")
+    if name != "auto" and not BACKENDS[name].preferred_precisions(device):
+        raise BackendUnavailable(f"the {name} backend does not run on device {device!r}")
     for candidate in names:
         runs = BACKENDS[candidate].preferred_precisions(device)
         chosen = [p for p in runs if p in manifest.variants and precision in ("auto", p)]

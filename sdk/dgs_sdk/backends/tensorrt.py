@@ -216,6 +216,15 @@ class TensorRTBackend(Backend):
         return _available()
 
     @classmethod
+    def preferred_precisions(cls, device: str | None) -> tuple[str, ...]:
+        """None on the CPU (so that ``backend="auto", device="cpu"`` takes ONNX Runtime), else `precisions`."""
+        try:
+            kind, _ = parse_device(device)
+        except ValueError:
+            return cls.precisions  # the constructor says what is wrong with it
+        return () if kind == "cpu" else cls.precisions
+
+    @classmethod
     def unavailable_reason(cls) -> str:
         try:
             import_tensorrt()
