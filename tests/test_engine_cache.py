@@ -301,6 +301,19 @@ def test_find_for_target_ignores_profile_and_workspace_only(tmp_path):
         assert cache.find_for_target(replace(KEY, **change)) is None, change
 
 
+@pytest.mark.parametrize("bad", [{"profile": "8:4:1"}, {"profile": None}, {"workspace_mib": "lots"}])
+def test_find_for_target_passes_over_a_hand_written_sidecar_no_build_would_write(tmp_path, bad):
+    """Its digest matches its fields, but the profile or workspace does not parse: not an engine to reuse."""
+    cache = EngineCache(tmp_path)
+    cache.store(KEY, b"plan", "a.dgs", 1.0)
+    sidecar = json.loads(cache.sidecar_path(KEY).read_text())
+    sidecar["fields"].update(bad)
+    sidecar["key"] = hashlib.sha256(json.dumps(sidecar["fields"], sort_keys=True, separators=(",", ":"))
+                                    .encode("ascii")).hexdigest()
+    cache.sidecar_path(KEY).write_text(json.dumps(sidecar))
+    assert cache.find_for_target(KEY) is None
+
+
 def test_clear_removes_engines_timing_caches_and_orphans_only(tmp_path):
     cache = EngineCache(tmp_path)
     cache.store(KEY, b"plan one", "a.dgs", 1.0)

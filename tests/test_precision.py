@@ -11,7 +11,6 @@ onnx = pytest.importorskip("onnx")
 from conftest import write_image  # noqa: E402
 from dgs_export.onnx_export import ExportError, export_onnx  # noqa: E402
 from dgs_export.precision import (  # noqa: E402
-    calibration_batch,
     convert,
     load_calibration_images,
     to_int8_cpu,
@@ -49,7 +48,7 @@ def tiny_graph(tiny_model) -> bytes:
 
 @pytest.fixture(scope="module")
 def batch(photos) -> np.ndarray:
-    return calibration_batch(crops(photos), PreprocessSpec.clip())
+    return preprocess_batch(crops(photos), PreprocessSpec.clip())
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from dgs_sdk.data import DataLayoutError, Sample, load_samples
+from dgs_sdk.data import DataLayoutError, Sample, load_samples, spread
 from dgs_sdk.errors import DgsError
 from dgs_sdk.image import load_image
 from dgs_sdk.preprocess import PreprocessSpec, crop_image, normalize
@@ -44,7 +44,6 @@ __all__ = [
     "REDUCED_PRECISIONS",
     "ImageSets",
     "QuantizationUnavailable",
-    "calibration_batch",
     "choose_image_sets",
     "convert",
     "load_calibration_images",
@@ -102,24 +101,15 @@ def _quiet():
         logging.disable(previous)
 
 
-def calibration_batch(images: Sequence[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
-    """RGB uint8 images to a model input batch ``[N, 3, S, S]`` float32, exactly as `dgs_sdk.Detector` prepares
-    them: `crop_image` (resize and centre crop, or patch selection), then `normalize`."""
-    if not images:
-        return np.zeros((0, 3, spec.size, spec.size), np.float32)
-    return normalize(np.stack([crop_image(image, spec) for image in images]), spec)
-
-
 def load_calibration_images(paths: Sequence[str], spec: PreprocessSpec, limit: int = DEFAULT_CALIBRATION_IMAGES,
                             ) -> tuple[np.ndarray, list[str]]:
-    """Up to ``limit`` images spread evenly over ``paths``, decoded and preprocessed (`calibration_batch`).
+    """Up to ``limit`` images spread evenly over ``paths``, decoded and preprocessed as `dgs_sdk.Detector` does
+    (`crop_image`, then `normalize`: `dgs_sdk.preprocess.preprocess_batch`, one crop held per image).
 
     Images that cannot be decoded are passed over. Returns the batch ``[N, 3, S, S]`` and the paths it holds.
     """
-    if len(paths) > limit:
-        paths = [paths[i] for i in np.linspace(0, len(paths) - 1, limit).round().astype(int)]
     crops, used = [], []
-    for path in paths:
+    for path in spread(paths, limit):
         try:
             crops.append(crop_image(load_image(path), spec))  # one crop held per image, not the decoded image
         except DgsError:
@@ -154,13 +144,6 @@ class ImageSets:
             "gate": f"{len(self.gate)} labelled images from {self.gate_source}",
             "overlap": self.overlap,
         }
-
-
-def _spread(items: list, limit: int) -> list:
-    """At most ``limit`` of ``items``, spread evenly over them (so every generator and label has its share)."""
-    if len(items) <= limit:
-        return list(items)
-    return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
 
 
 def _labelled(root: str) -> list[Sample] | None:
@@ -215,7 +198,7 @@ def choose_image_sets(precisions: Sequence[str], train_config, calib_data: str |
         raise ExportError(f"{gate_source}: no labelled images to score the reduced-precision variants with")
     if not pool:
         raise ExportError(f"{pool_source}: no images to calibrate the reduced-precision variants with")
-    return ImageSets(_spread(pool, calib_images), pool_source, _spread(gate, gate_images), gate_source, overlap)
+    return ImageSets(spread(pool, calib_images), pool_source, spread(gate, gate_images), gate_source, overlap)
 
 
 def to_fp16(onnx_bytes: bytes, calibration: np.ndarray | None = None) -> bytes:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dgs_sdk.data import load_samples
+from dgs_sdk.data import load_samples, spread
 from dgs_sdk.errors import DgsError
 from dgs_sdk.image import load_image
 from dgs_sdk.package import PRECISIONS, VARIANT_FILES, ModelPackage, Variant, write_package
@@ -97,10 +97,8 @@ def parse_precisions(text: str) -> tuple[str, ...]:
 
 def parity_images(paths: list[str], limit: int) -> list[np.ndarray]:
     """Up to ``limit`` decodable images spread evenly over ``paths`` (unreadable ones are passed over)."""
-    if len(paths) > limit:
-        paths = [paths[i] for i in np.linspace(0, len(paths) - 1, limit).round().astype(int)]
     images = []
-    for path in paths:
+    for path in spread(paths, limit):
         try:
             images.append(load_image(path))
         except DgsError:

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import __version__
 from .backends import create_backend
+from .data import spread
 from .errors import DgsError, EvaluationError
 from .image import load_image
 from .package import ModelPackage
@@ -229,8 +230,8 @@ def _image_sources(folder: str | None) -> tuple[list[str | bytes], str]:
     paths = [t.path for t in discover([folder]) if t.error is None]
     if not paths:
         raise EvaluationError(f"--images {folder}: holds no image files")
-    chosen = [paths[i] for i in np.linspace(0, len(paths) - 1, min(MAX_IMAGES, len(paths))).round().astype(int)]
-    return list(dict.fromkeys(chosen)), f"{min(MAX_IMAGES, len(paths))} of the {len(paths)} images in {folder}"
+    chosen = spread(paths, MAX_IMAGES)
+    return chosen, f"{len(chosen)} of the {len(paths)} images in {folder}"
 
 
 def time_preprocessing(spec: PreprocessSpec, sources: Sequence[str | bytes], source: str, seconds: float,

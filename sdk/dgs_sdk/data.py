@@ -16,8 +16,12 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
 
 from .errors import DgsError
 from .scan import IMAGE_EXTENSIONS
@@ -33,9 +37,11 @@ __all__ = [
     "discover_samples",
     "read_manifest",
     "load_samples",
+    "spread",
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REAL, FAKE = 0, 1
 LABEL_SYNONYMS: dict[str, int] = {
@@ -188,3 +194,11 @@ def load_samples(root: str | os.PathLike, split: str | None = None) -> list[Samp
     summary = ", ".join(f"{g}: {r} real / {f} fake" for g, (r, f) in sorted(counts.items()))
     log.info("%s: %d images (%s)", root, len(samples), summary)
     return samples
+
+
+def spread(items: Sequence[T], limit: int) -> list[T]:
+    """At most ``limit`` of ``items``, spread evenly over them (first and last included), so that every generator
+    and label of a sorted list keeps its share."""
+    if len(items) <= limit:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]

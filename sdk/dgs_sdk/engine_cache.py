@@ -306,6 +306,10 @@ class EngineCache:
         profile and workspace (an engine `dgs engine` built ahead of time with its own ``--batch``)."""
         for entry in self.entries():
             if entry.key == _digest_of(entry.fields) and key.same_target(entry.fields):
+                try:  # a sidecar written by hand may hold a matching digest of fields no build would write
+                    entry.profile, int(entry.fields["workspace_mib"])
+                except (KeyError, TypeError, ValueError):
+                    continue
                 return entry
         return None
 
