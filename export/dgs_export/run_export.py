@@ -187,7 +187,7 @@ def export_run_report(config: ExportConfig) -> ExportResult:
 
     Parity images are the run's validation images, else its training images, or those under ``calib_data``. The
     run is read and checked (config, tensors, calibrated threshold) before anything is written. Reduced-precision
-    variants (`dgs_export.variants.add_variants`) are converted from the verified float32 graph and scored by the
+    variants (`add_variants`) are converted from the verified float32 graph and scored by the
     accuracy gate; the package holds those that pass (and fp32 if asked for), the result says which failed.
     """
     check_package_path(config.out, config.run)
