@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dgs_sdk.preprocess import PreprocessSpec
+from dgs_sdk.preprocess import MAX_INPUT_SIZE, MIN_INPUT_SIZE, PreprocessSpec
 
 from .errors import ConfigError, TrainError
 from .methods import METHODS
@@ -74,6 +74,9 @@ class TrainConfig:
                                                             "dgs-tiny-vit."))
     pretrained: str = field(default="openai", metadata=help_of(
         "open_clip pretrained tag (openai), a local checkpoint path, or none."))
+    image_size: int | None = field(default=None, metadata=help_of(
+        "Side of the model input, when it differs from the architecture's (a distilled student takes its teacher's) "
+        "[default: the architecture's]."))
     quick_gelu: bool | None = field(default=None, metadata=help_of(
         "Build the QuickGELU variant of the architecture [default: when the pretrained weights were trained with "
         "it, as OpenAI's were]."))
@@ -115,6 +118,8 @@ class TrainConfig:
         for name in ("workers", "save_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} cannot be negative, got {getattr(self, name)}")
+        if self.image_size is not None and not MIN_INPUT_SIZE <= self.image_size <= MAX_INPUT_SIZE:
+            raise ConfigError(f"image_size must be from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}, got {self.image_size}")
         if self.preprocess is None:
             self.preprocess = method.preprocess
         if self.preprocess not in PREPROCESS:
@@ -125,6 +130,9 @@ class TrainConfig:
             raise ConfigError(f"small_images {self.small_images!r} is unknown (expected pad or resize)")
         if self.small_images == "pad" and self.preprocess != "patch-select":
             raise ConfigError("small_images pad applies to patch-select preprocessing only (clip resizes every image)")
+        patch = PreprocessSpec.patch_select().patch_size
+        if self.image_size is not None and self.preprocess == "patch-select" and self.image_size % patch:
+            raise ConfigError(f"image_size {self.image_size} is not a multiple of patch-select's {patch}-pixel patches")
         if self.quick_gelu is None:
             from .models import trained_with_quick_gelu
 

@@ -21,6 +21,7 @@ __all__ = [
     "ClipImageDetector",
     "build_image_detector",
     "create_clip",
+    "image_embedding_width",
     "list_archs",
     "trained_with_quick_gelu",
 ]
@@ -55,15 +56,19 @@ def trained_with_quick_gelu(arch: str, pretrained: str | os.PathLike | None) -> 
 
 
 def create_clip(arch: str, pretrained: str | os.PathLike | None = "none", device: str = "cpu",
-                quick_gelu: bool | None = None) -> nn.Module:
+                quick_gelu: bool | None = None, image_size: int | None = None) -> nn.Module:
     """Create an open_clip model.
 
     Args:
-        arch: open_clip model name or a shipped config name.
+        arch: open_clip model name or a shipped config name (``timm-convnext_atto``: a timm backbone as the image
+            tower, through open_clip's timm towers).
         pretrained: an open_clip pretrained tag (``openai``), a local checkpoint path, or ``none``/``None``
-            for random initialisation.
+            for random initialisation. For an architecture with a timm image tower, a local file may also hold
+            the timm backbone's own weights (as timm saves them); they are loaded into the image tower.
         device: where to place the model.
         quick_gelu: build the QuickGELU variant of ``arch``; None decides by `trained_with_quick_gelu`.
+        image_size: side of the image input when it differs from the architecture's (open_clip interpolates the
+            positional embedding of pretrained ViT weights); None keeps the architecture's.
     """
     _register_configs()
     if quick_gelu is None:
@@ -82,17 +87,68 @@ def create_clip(arch: str, pretrained: str | os.PathLike | None = "none", device
                 f"(tags: {', '.join(tags) or 'none'})"
             )
         weights = str(pretrained)
+    sizing = {} if image_size is None else {"force_image_size": int(image_size)}
     if weights is not None:
         try:
-            return open_clip.create_model(arch, pretrained=weights, device=device, force_quick_gelu=quick_gelu)
+            return open_clip.create_model(arch, pretrained=weights, device=device, force_quick_gelu=quick_gelu,
+                                          **sizing)
         except Exception as e:  # a damaged or foreign checkpoint fails deep inside torch.load
-            raise TrainError(f"{weights}: cannot be loaded as {arch} weights ({type(e).__name__}: {e})") from None
+            if not (_has_timm_tower(arch) and os.path.isfile(weights)):
+                raise TrainError(f"{weights}: cannot be loaded as {arch} weights ({type(e).__name__}: {e})") from None
+            clip_error = " ".join(f"{type(e).__name__}: {e}".split())
+        model = _random_clip(arch, device, quick_gelu, sizing)
+        _load_timm_backbone(model, weights, arch, clip_error)
+        return model
+    return _random_clip(arch, device, quick_gelu, sizing)
+
+
+def _random_clip(arch: str, device: str, quick_gelu: bool, sizing: dict) -> nn.Module:
     quiet = _DropMessage("No pretrained weights loaded")  # asked for on purpose: not worth a warning
     logging.getLogger().addFilter(quiet)
     try:
-        return open_clip.create_model(arch, pretrained=None, device=device, force_quick_gelu=quick_gelu)
+        return open_clip.create_model(arch, pretrained=None, device=device, force_quick_gelu=quick_gelu, **sizing)
     finally:
         logging.getLogger().removeFilter(quiet)
+
+
+def _has_timm_tower(arch: str) -> bool:
+    return "timm_model_name" in (open_clip.get_model_config(arch) or {}).get("vision_cfg", {})
+
+
+def _load_timm_backbone(model: nn.Module, path: str, arch: str, clip_error: str) -> None:
+    """Load a timm backbone's own checkpoint into the timm image tower of ``model``: every tensor of the tower must
+    be in it (a classifier the tower does not have is ignored)."""
+    from open_clip.factory import load_state_dict
+
+    trunk = model.visual.trunk
+    try:
+        state = load_state_dict(path, device="cpu")
+        expected = trunk.state_dict()
+        missing = sorted(set(expected) - set(state))
+        if missing:
+            raise ValueError(f"{len(missing)} of the backbone's {len(expected)} tensors are missing, e.g. {missing[0]}")
+        trunk.load_state_dict({k: state[k] for k in expected}, strict=True)
+    except Exception as e:
+        raise TrainError(f"{path}: cannot be loaded as {arch} weights, neither as an open_clip checkpoint "
+                         f"({clip_error[:200]}) nor as its timm backbone ({type(e).__name__}: {str(e)[:200]})"
+                         ) from None
+
+
+def image_embedding_width(visual: nn.Module) -> int:
+    """The width of what an open_clip image tower returns (its ``output_dim``; a timm tower is asked by running
+    it once on a blank image)."""
+    width = getattr(visual, "output_dim", None)
+    if isinstance(width, int):
+        return width
+    size = visual.image_size
+    size = size if isinstance(size, (tuple, list)) else (size, size)
+    parameter = next(visual.parameters())
+    with torch.no_grad():
+        was_training = visual.training
+        visual.eval()
+        out = visual(torch.zeros(1, 3, *size, device=parameter.device, dtype=parameter.dtype))
+        visual.train(was_training)
+    return int(out.shape[-1])
 
 
 class _DropMessage(logging.Filter):

@@ -213,7 +213,8 @@ class RunFolder:
             TrainError: the architecture or weights cannot be had.
             RunFolderError: backbone.safetensors is missing or does not fit.
         """
-        clip = create_clip(config.arch, config.pretrained, device=str(device), quick_gelu=config.quick_gelu)
+        clip = create_clip(config.arch, config.pretrained, device=str(device), quick_gelu=config.quick_gelu,
+                           image_size=config.image_size)
         if saved and str(config.pretrained).lower() == "none":
             clip.load_state_dict(read_tensors(self.backbone_file, expected=clip.state_dict()))
         return clip
