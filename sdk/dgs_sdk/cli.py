@@ -28,6 +28,7 @@ __all__ = ["main"]
 # verbs work without torch. A missing extra turns into an error that names it.
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("dgs_trainer.cli", "train", "train"),
+    "distill": ("dgs_trainer.cli", "distill", "train"),
     "caption": ("dgs_trainer.cli", "caption_command", "train"),
     "export": ("dgs_export.cli", "export_command", "export"),
     "demo": ("dgs_export.demo", "demo_command", "export"),

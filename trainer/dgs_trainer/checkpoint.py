@@ -31,8 +31,9 @@ __all__ = [
     "load_head",
 ]
 
-# Top-level submodules whose every tensor a run trains or accumulates (heads, MiraGe's prompts and memory bank).
-TRAINED_MODULES = ("head", "img_fc", "text_fc", "probe_fc", "prompts", "memory")
+# Top-level submodules whose every tensor a run trains or accumulates (heads, MiraGe's prompts and memory bank, a
+# distilled student's whole image tower and its feature projection).
+TRAINED_MODULES = ("head", "img_fc", "text_fc", "probe_fc", "prompts", "memory", "tower", "feature_proj")
 
 
 class CheckpointError(RunFolderError):

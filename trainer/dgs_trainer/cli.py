@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import typing
 
@@ -18,7 +19,7 @@ from .flags import OptionFlag, config_from_flags, option_flags
 from .methods import METHODS
 from .run_folder import RunFolder
 
-__all__ = ["caption_command", "train"]
+__all__ = ["caption_command", "distill", "train"]
 
 # Settings that may change when a run is resumed (where and how fast it runs, not what it learns).
 RESUMABLE_OVERRIDES = ("device", "workers")
@@ -66,6 +67,41 @@ def _train_options(command):
     return command
 
 
+# `dgs distill` takes these as its argument and --student, and fixes the method.
+DISTILL_OWN = ("method", "arch", "teacher")
+
+
+def _distill_options(command):
+    """The run's settings and distillation's options, as `dgs train` spells them."""
+    for flag in reversed(option_flags()):
+        if flag.dest not in DISTILL_OWN and (not flag.methods or "distill" in flag.methods):
+            command = _click_option(flag)(command)
+    return command
+
+
+def _fit(config_file, resume_run, progress, given) -> None:
+    """Train the run the flags describe, or continue ``resume_run``."""
+    from .train import fit
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if resume_run:
+        refused = sorted(set(given) - set(RESUMABLE_OVERRIDES)) + (["config"] if config_file else [])
+        if refused:
+            raise ConfigError(f"--resume continues a run with its own settings; --{refused[0].replace('_', '-')} "
+                              f"cannot change them (only --device and --workers can)")
+        config = RunFolder(resume_run).read_config()
+        config = dataclasses.replace(config, **given)
+    else:
+        config = config_from_flags(given, config_file)
+    try:
+        run = fit(config, resume=bool(resume_run), progress=progress)
+    except KeyboardInterrupt:
+        command = "distill" if config.method == "distill" else "train"
+        click.echo(f"\ninterrupted: continue with  dgs {command} --resume {resume_run or config.out}", err=True)
+        sys.exit(130)
+    click.echo(f"run written to {run}", err=True)
+
+
 @click.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="YAML or JSON file with the run's settings, nested as a run's config.json holds them (a run's "
@@ -80,25 +116,52 @@ def train(config_file, resume_run, progress, **flags) -> None:
 
     Defaults are each method's published recipe; see the README for where each setting comes from.
     """
-    from .train import fit
+    _fit(config_file, resume_run, progress, {dest: value for dest, value in flags.items() if value is not None})
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+@click.command()
+@click.argument("teacher", metavar="TEACHER_RUN_OR_MODEL", required=False)
+@click.option("--student", help="open_clip architecture of the student, e.g. ViT-B-32, MobileCLIP2-S0, "
+                                "timm-convnext_atto (a timm backbone), dgs-micro-vit.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML or JSON file with the run's settings (as for dgs train); flags given override it.")
+@_distill_options
+@click.option("--resume", "resume_run", type=click.Path(file_okay=False),
+              help="Continue an interrupted distillation from its last checkpoint (only --device and --workers may "
+                   "change; the teacher must still be where it was).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def distill(teacher, student, config_file, resume_run, progress, **flags) -> None:
+    """Distil a trained detector, TEACHER (a run folder or a .dgs model package), into a smaller student: a new
+    run folder that dgs eval, dgs export and dgs scan take like any other.
+
+    The student is fed the teacher's preprocessing (transform, input size, small-image policy and normalisation;
+    it is built at the teacher's input size). Loss: BCE on the labels plus the soft-target term on the teacher's
+    logits, optionally matching the teacher's image embedding; the teacher's outputs are cached on disk.
+    """
     given = {dest: value for dest, value in flags.items() if value is not None}
     if resume_run:
-        refused = sorted(set(given) - set(RESUMABLE_OVERRIDES)) + (["config"] if config_file else [])
-        if refused:
-            raise ConfigError(f"--resume continues a run with its own settings; --{refused[0].replace('_', '-')} "
-                              f"cannot change them (only --device and --workers can)")
-        config = RunFolder(resume_run).read_config()
-        config = dataclasses.replace(config, **given)
-    else:
-        config = config_from_flags(given, config_file)
-    try:
-        run = fit(config, resume=bool(resume_run), progress=progress)
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: continue with  dgs train --resume {resume_run or config.out}", err=True)
-        sys.exit(130)
-    click.echo(f"run written to {run}", err=True)
+        if teacher or student:
+            raise ConfigError("--resume continues a distillation with its own teacher and student; give neither")
+        _fit(config_file, resume_run, progress, given)
+        return
+    if not teacher:
+        raise ConfigError("give the TEACHER (a finished run folder or a .dgs model package), or --resume RUN")
+    from .teacher import teacher_spec
+
+    spec = teacher_spec(teacher)
+    teacher_given = {"preprocess": spec.transform, "image_size": spec.size}
+    if spec.transform == "patch-select":
+        teacher_given["small_images"] = spec.small_images
+    for dest, value in teacher_given.items():
+        if dest in given and given[dest] != value:
+            raise ConfigError(f"--{dest.replace('_', '-')} {given[dest]}: the teacher {teacher} takes {value}; a "
+                              "student is fed its teacher's preprocessing")
+    given.update(teacher_given, method="distill", teacher=os.path.abspath(teacher))
+    if student:
+        given["arch"] = student
+    elif not config_file:
+        raise ConfigError("--student is required: the student's open_clip architecture, e.g. ViT-B-32")
+    _fit(config_file, None, progress, given)
 
 
 # `dgs caption`: help for each CaptionConfig field but data (the argument); flags and defaults come from the dataclass.

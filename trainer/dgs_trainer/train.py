@@ -66,6 +66,21 @@ def _check_classes(samples: list[Sample], root: str) -> None:
             raise TrainError(f"{root}: no {name} images found; training needs both real and fake images")
 
 
+def _required_spec(spec, required):
+    """The method's required preprocessing (a teacher's), once the run's own agrees with it in every setting but the
+    normalisation (which the method's takes)."""
+    def shown(s) -> str:
+        small = f", small images {s.small_images}" if s.transform == "patch-select" else ""
+        return f"{s.transform} at {s.size} px{small}"
+
+    same = (spec.transform, spec.size, spec.small_images, spec.patch_size) == (
+        required.transform, required.size, required.small_images, required.patch_size)
+    if not same:
+        raise TrainError(f"the teacher takes {shown(required)}; this run would feed {shown(spec)} (set --preprocess, "
+                         "--small-images and --image-size to the teacher's, as dgs distill does)")
+    return required
+
+
 def _resume_position(run: RunFolder, config: TrainConfig) -> tuple[dict[str, torch.Tensor], Position, dict[str, str]]:
     if not run.checkpoint_file.exists():
         raise TrainError(f"{run}: no checkpoint to resume from ({run.checkpoint_file} is missing)")
@@ -113,6 +128,9 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Pat
     clip = run.create_backbone(config, device, saved=resume)
     image_size = clip.visual.image_size
     spec = config.preprocess_spec(image_size[0] if isinstance(image_size, (tuple, list)) else image_size)
+    required = method.input_spec()
+    if required is not None:
+        spec = _required_spec(spec, required)
     context = MethodContext(clip, config.arch, run.probe_file, samples, config.data)
     method.prepare(context)  # captions and other inputs are checked before anything is written
     run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
@@ -123,6 +141,7 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Pat
             "images": len(samples),
             "git_revision": _git_revision(),
             "torch": torch.__version__,
+            **method.provenance(),
         })
 
     dataset = ImageDataset(samples, spec, train=True, seed=config.seed, hflip=config.hflip)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .base import Method, MethodContext, Stage
 from .dgs import DGSMethod
+from .distill import DistillMethod
 from .lora import LoRAMethod
 from .mirage import MiraGeMethod
 from .probe import ProbeMethod
@@ -15,7 +16,7 @@ from .probe import ProbeMethod
 __all__ = ["METHODS", "Method", "MethodContext", "Stage", "method_class"]
 
 # Explicit, in the order `dgs train --help` lists them.
-METHODS: dict[str, type] = {cls.name: cls for cls in (DGSMethod, MiraGeMethod, LoRAMethod, ProbeMethod)}
+METHODS: dict[str, type] = {cls.name: cls for cls in (DGSMethod, MiraGeMethod, LoRAMethod, ProbeMethod, DistillMethod)}
 
 
 def method_class(name: str) -> type:

@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
+from dgs_sdk.preprocess import PreprocessSpec
+
 __all__ = ["AdamOptions", "Method", "MethodContext", "Stage", "TrainableModule", "help_of"]
 
 
@@ -87,6 +89,11 @@ class Method:
         """The stages in training order; the last one trains the module that is exported."""
         return [Stage(self.name, self.options.epochs)]
 
+    def input_spec(self) -> PreprocessSpec | None:
+        """The preprocessing the method's inputs must have (a distilled student's: its teacher's), or None when the
+        run's own settings decide."""
+        return None
+
     def prepare(self, context: MethodContext) -> None:
         """Read what training needs besides images (DGS-Net's captions) before any stage runs, so that a missing
         file stops the run at its start; called with the training samples in ``context``."""
@@ -101,6 +108,10 @@ class Method:
 
     def stage_finished(self, stage: str, module: nn.Module, context: MethodContext) -> None:
         """Keep what later stages need (DGS-Net's probe head) once ``stage`` has trained."""
+
+    def provenance(self) -> dict[str, Any]:
+        """What the run's record keeps of inputs besides the data (a distillation's teacher), once `prepare` ran."""
+        return {}
 
     def describe(self) -> dict[str, Any]:
         """The method's entries in a model package's ``architecture``."""
