@@ -36,6 +36,14 @@ def test_demo_pipeline_scores_like_the_evaluation_and_beats_chance(tmp_path):
     assert mirage["threshold_source"] == "calibrated" and set(mirage["probabilities"]) == set(rows)
     assert (result["mirage_run"] / "model.safetensors").exists()
     assert any(line.startswith("MiraGe (") for line in lines) and any("Mean test AUC" in line for line in lines)
+    # The student, half the teacher's depth, keeps the teacher's test AUC within 0.03, exports with an INT8 variant
+    # through the accuracy gate, and scans with the SDK.
+    student = result["student_report"]
+    assert set(student["probabilities"]) == set(rows)
+    assert student["metrics"]["mean"]["auc"] >= report["metrics"]["mean"]["auc"] - 0.03, (student, report)
+    assert result["student_precisions"] == ["fp32", "int8"]
+    assert result["student_summary"].errors == 0 and result["student_summary"].scored == 64
+    assert any("ΔAUC" in line for line in lines)
 
 
 def test_demo_refuses_to_replace_folders_it_did_not_write(tmp_path):

@@ -45,6 +45,7 @@ __all__ = [
     "ImageSets",
     "QuantizationUnavailable",
     "choose_image_sets",
+    "load_modelopt",
     "convert",
     "load_calibration_images",
     "to_fp16",
@@ -68,7 +69,7 @@ class QuantizationUnavailable(ExportError):
     """NVIDIA Model Optimizer (needed for the ``fp16`` and ``int8`` variants) is not installed."""
 
 
-def _modelopt():
+def load_modelopt():
     """Model Optimizer's ONNX package, with its console logging at warnings and above."""
     try:
         import modelopt.onnx.autocast
@@ -170,7 +171,7 @@ def choose_image_sets(precisions: Sequence[str], train_config, calib_data: str |
         ExportError: no labelled images for the gate, or no images to calibrate.
     """
     if {"fp16", "int8"} & set(precisions):
-        _modelopt()
+        load_modelopt()
     given = _labelled(calib_data) if calib_data else None
     training: list[Sample] | None = None
     if train_config.val:
@@ -209,7 +210,7 @@ def to_fp16(onnx_bytes: bytes, calibration: np.ndarray | None = None) -> bytes:
         calibration: preprocessed images ``[N, 3, S, S]``; the first `AUTOCAST_IMAGES` decide which nodes stay
             float32 (those whose values exceed what float16 holds). None: AutoCast's own random inputs.
     """
-    mo = _modelopt()
+    mo = load_modelopt()
     model = _check_float32(onnx_bytes)
     input_name = model.graph.input[0].name
     with tempfile.TemporaryDirectory(prefix="dgs-fp16-") as tmp:
@@ -232,7 +233,7 @@ def to_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
     with ONNX Runtime on the CPU. Nodes left unquantized run in float16 (see the module's docstring)."""
     if calibration is None or not len(calibration):
         raise ExportError("INT8 quantization needs calibration images (none were given)")
-    mo = _modelopt()
+    mo = load_modelopt()
     _check_float32(onnx_bytes)
     with tempfile.TemporaryDirectory(prefix="dgs-int8-") as tmp:
         source, target = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"

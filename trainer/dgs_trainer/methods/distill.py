@@ -17,6 +17,7 @@ inference mode; its outputs are cached on disk (`dgs_trainer.teacher_cache`).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +76,10 @@ class DistillConfig:
     beta2: float = field(default=0.999, metadata=help_of("Adam beta2."))
     weight_decay: float = field(default=0.05, metadata=help_of("Distillation: AdamW weight decay."))
     kd: DistillLoss = field(default_factory=DistillLoss)
+    init_from_teacher: bool = field(default=False, metadata=help_of(
+        "Distillation: start the student from the teacher's own trained encoder, block i of n taken from block "
+        "i*N/n of the teacher's N (DistilBERT's initialisation); the student must be the teacher's architecture with "
+        "fewer blocks (same width and patch size), and the teacher a run folder."))
     teacher_cache: bool = field(default=True, metadata=help_of(
         "Distillation: keep the teacher's outputs on disk (in the dgs cache folder), so that a resumed or repeated "
         "run does not compute them again."))
@@ -179,6 +184,41 @@ class DistilledStudent(nn.Module):
         return ClipImageDetector.from_parts(self.tower, self.head)
 
 
+BLOCK = re.compile(r"^transformer\.resblocks\.(\d+)\.(.+)$")
+
+
+def teacher_blocks(teacher: Teacher, tower: nn.Module) -> dict[str, torch.Tensor]:
+    """The student ``tower``'s state taken from the teacher's encoder: every tensor outside the blocks as it is,
+    student block ``i`` of ``n`` from teacher block ``i * N // n`` of ``N`` (every other block when N = 2n).
+
+    Raises:
+        TrainError: the teacher is not a run, or the student is not its architecture with as many blocks or fewer.
+    """
+    encoder = getattr(getattr(teacher, "network", None), "visual", None)
+    if not isinstance(encoder, nn.Module):
+        raise TrainError(f"teacher {teacher.path}: --init-from-teacher needs a run folder whose network has a CLIP "
+                         "image encoder (a package holds an ONNX graph)")
+    source, target = encoder.state_dict(), tower.state_dict()
+
+    def blocks(state) -> int:
+        return len({int(m.group(1)) for k in state if (m := BLOCK.match(k))})
+
+    teacher_n, student_n = blocks(source), blocks(target)
+    if not 0 < student_n <= teacher_n:
+        raise TrainError(f"--init-from-teacher: the student has {student_n} transformer blocks and the teacher "
+                         f"{teacher_n}; it needs a student of the teacher's architecture with fewer blocks")
+    state = {}
+    for key, value in target.items():
+        m = BLOCK.match(key)
+        name = f"transformer.resblocks.{int(m.group(1)) * teacher_n // student_n}.{m.group(2)}" if m else key
+        if name not in source or source[name].shape != value.shape:
+            raise TrainError(f"--init-from-teacher: the student's {key} {tuple(value.shape)} has no counterpart in "
+                             f"the teacher's encoder ({teacher.path}); the student must be the teacher's architecture "
+                             "with fewer blocks")
+        state[key] = source[name].detach().clone()
+    return state
+
+
 class DistillMethod(Method):
     """Distillation of a trained detector (run folder or .dgs) into a smaller open_clip or timm student."""
 
@@ -204,6 +244,8 @@ class DistillMethod(Method):
         if self.options.kd.feature_weight > 0 and self.teacher.feature_width is None:
             raise TrainError(f"teacher {self.teacher.path}: feature matching needs the image embedding of a run's "
                              "CLIP-and-head network; this teacher gives logits only (use --kd-feature-weight 0)")
+        if self.options.init_from_teacher:
+            teacher_blocks(self.teacher, context.clip.visual)  # refuses a student it cannot initialise
 
     def provenance(self) -> dict[str, Any]:
         return {"teacher": self.teacher.describe()} if self.teacher is not None else {}
@@ -211,6 +253,10 @@ class DistillMethod(Method):
     def build(self, stage: str, context: MethodContext) -> DistilledStudent:
         if context.samples is None or self.teacher is None:  # a finished run, loaded for inference
             return DistilledStudent(context.clip.visual, self.options.kd)
+        if self.options.init_from_teacher:
+            tower = context.clip.visual
+            with torch.no_grad():
+                tower.load_state_dict(teacher_blocks(self.teacher, tower))
         matching = self.options.kd.feature_weight > 0
         link = _TeacherLink(self.teacher, self.options.teacher_cache, matching)
         return DistilledStudent(context.clip.visual, self.options.kd, link,
@@ -240,4 +286,5 @@ class DistillMethod(Method):
                 cache.close()
 
     def describe(self) -> dict[str, Any]:
-        return {"head": "linear", "lora_merged": False, "distilled": True}
+        return {"head": "linear", "lora_merged": False, "distilled": True,
+                "init_from_teacher": self.options.init_from_teacher}
