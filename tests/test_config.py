@@ -221,7 +221,8 @@ def test_option_flags_are_one_per_key_and_documented():
     by_flag = {f.flag: f for f in flags}
     assert set(by_flag["--lora-rank"].methods) == {"dgs", "lora"}
     assert by_flag["--prompt-depth"].methods == ("mirage",)
-    assert dict(by_flag["--epochs"].defaults) == {"dgs": 1, "mirage": 5, "lora": 1, "probe": 3}
+    assert dict(by_flag["--epochs"].defaults) == {"dgs": 1, "mirage": 5, "lora": 1, "probe": 3, "distill": 5}
+    assert by_flag["--kd-temperature"].methods == ("distill",) and by_flag["--teacher-cache"].kind is bool
     assert all(f.help for f in flags), [f.flag for f in flags if not f.help]
 
 
