@@ -472,13 +472,13 @@ def test_the_soft_terms_gradient_moves_the_student_toward_the_teacher():
     total, _ = distillation_loss(student, teacher, labels, only_soft)
     total.backward()
     assert torch.equal(torch.sign(-student.grad), torch.sign(teacher - student.detach()))
-    optimizer = torch.optim.SGD([student], lr=1.0)
+    optimizer = torch.optim.SGD([student], lr=8.0)
     gap = (student - teacher).abs().sum().item()
-    for _ in range(200):
+    for _ in range(50):
         optimizer.zero_grad()
         distillation_loss(student, teacher, labels, only_soft)[0].backward()
         optimizer.step()
-    assert (student - teacher).abs().sum().item() < gap / 20
+    assert (student - teacher).abs().sum().item() < gap / 1000
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
