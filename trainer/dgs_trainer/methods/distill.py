@@ -140,7 +140,8 @@ class _TeacherLink:
             for row, i in enumerate(missing):
                 logits[i] = computed[row].item()
                 if computed_features is not None:
-                    embeddings[i] = computed_features[row].cpu().numpy()
+                    # Rounded as the cache keeps it, so that a resumed or repeated run sees the same embedding.
+                    embeddings[i] = computed_features[row].cpu().numpy().astype(np.float16).astype(np.float32)
         logit_tensor = torch.tensor(logits, dtype=torch.float32, device=images.device)
         feature_tensor = (torch.from_numpy(np.stack(embeddings)).to(images.device) if self.features else None)
         return logit_tensor, feature_tensor
