@@ -397,7 +397,7 @@ def test_feature_matching_with_a_package_teacher_is_refused(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("case, expected", [
     ("missing", "Error: teacher {teacher}: not found"),
-    ("unfinished", "Error: {teacher}: not a finished training run (model.safetensors is missing)"),
+    ("unfinished", "Error: teacher {teacher}: not a finished training run (model.safetensors is missing)"),
     ("garbage package", "Error: teacher {teacher}"),
     ("preprocess clip", "Error: --preprocess clip: the teacher {teacher} takes patch-select"),
     ("image size", "Error: --image-size 96: the teacher {teacher} takes 64"),

@@ -48,8 +48,9 @@ def teacher_spec(path: str | os.PathLike) -> PreprocessSpec:
     Raises:
         TrainError: the teacher is not a finished run or a readable model package.
     """
+    kind = _kind(path)
     try:
-        if _kind(path) == "run":
+        if kind == "run":
             from .run_folder import RunFolder
 
             run = RunFolder(path)
@@ -58,8 +59,6 @@ def teacher_spec(path: str | os.PathLike) -> PreprocessSpec:
         from dgs_sdk.package import read_manifest
 
         return read_manifest(path).preprocess
-    except TrainError:
-        raise
     except DgsError as e:
         raise TrainError(f"teacher {e}") from None
 
