@@ -64,3 +64,36 @@ def test_vit_b16_trains_one_step_exports_and_scores_like_torch(tmp_path, two_ima
     np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=0)
     if method == "dgs":  # the published recipe's input: patch-select, padded for the image under 224 pixels
         assert loaded.spec.transform == "patch-select" and loaded.spec.small_images == "pad"
+
+
+@pytest.mark.parametrize("student", ["ViT-B-32", "MobileCLIP2-S0"])
+def test_vit_b16_teacher_distils_into_a_real_student_that_exports_and_scores_like_torch(tmp_path, two_images,
+                                                                                          student, monkeypatch):
+    """A ViT-B-16 probe run taught to a student of another width (768 -> 512, with feature matching) at the
+    teacher's input size: ViT-B-32, and MobileCLIP2-S0 (a timm tower made at 256 px, built at 224)."""
+    from dgs_export.run_export import ExportConfig, export_run
+
+    monkeypatch.setenv("DGS_CACHE_DIR", str(tmp_path / "cache"))
+    root, paths = two_images
+    teacher = fit(config_from_flags(dict(data=str(root), out=str(tmp_path / "teacher"), method="probe",
+                                         arch="ViT-B-16", pretrained="none", batch_size=2, workers=0, device="cpu",
+                                         epochs=1)), progress=False)
+    spec = RunFolder(teacher).read_preprocess()
+    run = fit(config_from_flags(dict(
+        data=str(root), out=str(tmp_path / "student"), method="distill", teacher=str(teacher), arch=student,
+        pretrained="none", preprocess=spec.transform, small_images=spec.small_images, image_size=spec.size,
+        batch_size=2, workers=0, device="cpu", epochs=1, kd_feature_weight=0.5)), progress=False)
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == 1 and np.isfinite(steps[0]["loss"]) and steps[0]["feature"] > 0
+
+    loaded = RunFolder(run).load()
+    assert loaded.spec == spec and loaded.model.feature_proj is None
+    package = export_run(ExportConfig(run=str(run), out=str(tmp_path / "student.dgs")))
+    manifest = ModelPackage.load(package).manifest
+    assert manifest.architecture["arch"] == student and manifest.preprocess == spec
+    assert manifest.provenance["teacher"]["kind"] == "run"
+    batch = preprocess_batch([load_image(p) for p in paths], spec)
+    with torch.no_grad():
+        expected = sigmoid(loaded.model(torch.from_numpy(batch)).numpy())
+    actual = np.array([r.probability for r in Detector(package).predict([str(p) for p in paths])])
+    np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=0)
