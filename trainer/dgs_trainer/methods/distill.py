@@ -32,7 +32,7 @@ from ..errors import TrainError
 from ..models import ClipImageDetector, image_embedding_width
 from ..teacher import Teacher, open_teacher, teacher_spec
 from ..teacher_cache import TeacherCache, cache_file, input_keys
-from .base import Method, MethodContext, help_of
+from .base import AdamOptions, Method, MethodContext, help_of
 
 __all__ = ["DistillConfig", "DistillLoss", "DistillMethod", "DistilledStudent", "distillation_loss"]
 
@@ -61,20 +61,17 @@ class DistillLoss:
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(AdamOptions):
     """Distillation's settings: AdamW with a cosine schedule, every student weight trained."""
 
-    teacher: str = field(default="", metadata=help_of(
-        "Distillation: the teacher, a finished run folder or a .dgs model package (dgs distill takes it as "
-        "argument)."))
     epochs: int = field(default=5, metadata=help_of("Epochs of the method's own stage."))
-    lr: float = field(default=1e-4, metadata=help_of("Learning rate."))
     head_lr: float = field(default=1e-3, metadata=help_of(
         "Distillation: learning rate of the student's new linear head (and feature projection): a fresh head on a "
         "pretrained tower learns at a higher rate than the tower is fine-tuned."))
-    beta1: float = field(default=0.9, metadata=help_of("Adam beta1."))
-    beta2: float = field(default=0.999, metadata=help_of("Adam beta2."))
     weight_decay: float = field(default=0.05, metadata=help_of("Distillation: AdamW weight decay."))
+    teacher: str = field(default="", metadata=help_of(
+        "Distillation: the teacher, a finished run folder or a .dgs model package (dgs distill takes it as "
+        "argument)."))
     kd: DistillLoss = field(default_factory=DistillLoss)
     init_from_teacher: bool = field(default=False, metadata=help_of(
         "Distillation: start the student from the teacher's own trained encoder, block i of n taken from block "
@@ -85,12 +82,9 @@ class DistillConfig:
         "run does not compute them again."))
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
-        if not (self.lr > 0 and self.head_lr > 0):
-            raise ValueError(f"learning rates must be positive, got lr {self.lr} and head_lr {self.head_lr}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError(f"Adam betas must be in [0, 1), got {self.beta1} and {self.beta2}")
+        super().__post_init__()
+        if not self.head_lr > 0:
+            raise ValueError(f"head_lr must be positive, got {self.head_lr}")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay cannot be negative, got {self.weight_decay}")
 
