@@ -9,10 +9,11 @@ images/s of the SDK's ONNX Runtime CPU backend, as deployment runs it, on the fl
 ``int8-cpu`` variant (`dgs_export.precision`), at batch 1 and batch 8.
 
 Each architecture is built, counted, exported (`export_onnx`) and converted in a process of its own, which gives
-its memory back. Timed runs: the two variants interleaved, each round preceded by the SDK's preprocessing of one
-1024x1024 JPEG (decode + patch-select, one image on one thread), so that drift of a shared machine reaches the
-model and the preprocessing alike; medians are reported. The end-to-end column is 1 / (preprocessing time per
-image + model time per image at batch 8): one image after another through both stages.
+its memory back; then all are loaded at once and timed in rounds that visit every architecture in turn, so that
+the drift of a shared machine reaches all of them alike. A timed block preprocesses one 1024x1024 JPEG with the
+SDK (decode + patch-select, one image on one thread), then runs each variant at batch 1 and batch 8; medians are
+reported. The end-to-end column is 1 / (preprocessing time per image + model time per image at batch 8): one
+image after another through both stages.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import gc
 import json
 import multiprocessing
 import os
-import resource
 import statistics
 import tempfile
 import time
@@ -40,7 +40,7 @@ STUDENTS = ("ViT-B-16", "ViT-S-16", "ViT-B-32", "MobileCLIP-S1", "MobileCLIP2-S0
 IMAGE_SIZE = 224
 VARIANTS = ("fp32", "int8-cpu")
 BATCHES = (1, 8)
-MIN_RUNS = 3
+SLICE_S = 10.0  # seconds of timed blocks per architecture and round
 RESULTS = Path(__file__).parent / "RESULTS.md"
 
 
@@ -75,6 +75,14 @@ def flops_per_image(model) -> float:
     return float(counter.get_total_flops())
 
 
+def peak_resident_gb() -> float:
+    """This process's peak resident memory. Not `resource.getrusage`: its ru_maxrss survives fork and exec, so a
+    spawned child would report its parent's peak when that is higher; /proc's VmHWM is the process's own."""
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kb / 1024**2
+
+
 def _prepare_child(arch: str, folder: str) -> None:
     """Build, count, export and convert ``arch``; writes fp32.onnx, int8-cpu.onnx and facts.json in ``folder``."""
     from dgs_export.onnx_export import export_onnx
@@ -95,7 +103,7 @@ def _prepare_child(arch: str, folder: str) -> None:
         facts["convert_s"] = time.perf_counter() - start
     except Exception as e:  # a failed conversion is a finding, reported in the table
         facts["convert_error"] = f"{type(e).__name__}: {str(e).strip()[:200]}"
-    facts["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # kB -> GB
+    facts["peak_gb"] = peak_resident_gb()
     (folder_path / "facts.json").write_text(json.dumps(facts))
 
 
@@ -130,27 +138,37 @@ def jpeg_photos(size: int) -> list[bytes]:
     return encoded
 
 
-def time_arch(backends: dict, inputs: np.ndarray, preprocess_one, budget_s: float, images: int,
-              preprocess_times: list[float]) -> dict[tuple[str, int], float]:
-    """Median images/s of each backend at each batch size; preprocessing times are appended to ``preprocess_times``.
+def measure(backends: dict[str, dict], inputs: np.ndarray, preprocess_one, rounds: int, images: int,
+            ) -> tuple[dict[str, dict[tuple[str, int], float]], dict[str, int], list[float]]:
+    """Median images/s of every architecture's backends (arch -> variant -> backend) at each batch size.
 
-    Per batch size: one warm-up run of each variant, whose time sets the number of timed rounds (at most
-    ``budget_s`` of the slowest variant, at most ``images`` images, at least `MIN_RUNS`); each round preprocesses
-    one photograph and then runs every variant once.
+    A block of an architecture preprocesses one photograph, then runs each variant at each batch size once. Every
+    round gives each architecture about `SLICE_S` of blocks (at least one; at most ``images`` images per variant at
+    batch 8 over all rounds), architectures in turn, so that a change of the shared machine's load reaches all of
+    them alike. Returns the speeds (arch -> (variant, batch) -> images/s), the timed blocks of each architecture
+    and the preprocessing time of every timed block.
     """
-    speeds = {}
-    for size in BATCHES:
-        batch = inputs[:size]
-        warm = max(seconds(partial(backend.run, batch)) for backend in backends.values())
-        runs = max(MIN_RUNS, min(images // size, int(budget_s / warm)))
-        times: dict[str, list[float]] = {name: [] for name in backends}
-        for r in range(runs):
-            preprocess_times.append(seconds(partial(preprocess_one, r)))
-            for name, backend in backends.items():
-                times[name].append(seconds(partial(backend.run, batch)))
-        for name, t in times.items():
-            speeds[name, size] = size / statistics.median(t)
-    return speeds
+    preprocess_times: list[float] = []
+
+    def block(arch: str, i: int) -> dict[tuple[str, int], float]:
+        preprocess_times.append(seconds(partial(preprocess_one, i)))
+        return {(variant, size): seconds(partial(backend.run, inputs[:size]))
+                for size in BATCHES for variant, backend in backends[arch].items()}
+
+    repeats = {}
+    for arch in backends:  # a warm-up block sets how many blocks fit in a slice
+        took = sum(block(arch, 0).values())
+        repeats[arch] = max(1, min(int(SLICE_S / took), images // (max(BATCHES) * rounds)))
+    preprocess_times.clear()
+    times: dict[str, dict[tuple[str, int], list[float]]] = {arch: {} for arch in backends}
+    for r in range(rounds):
+        for arch, count in repeats.items():
+            for k in range(count):
+                for key, t in block(arch, r * count + k).items():
+                    times[arch].setdefault(key, []).append(t)
+    speeds = {arch: {(variant, size): size / statistics.median(t) for (variant, size), t in runs.items()}
+              for arch, runs in times.items()}
+    return speeds, {arch: count * rounds for arch, count in repeats.items()}, preprocess_times
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -191,13 +209,13 @@ def table(rows: dict[str, dict], preprocess_s: float) -> list[str]:
 
 def costs_table(rows: dict[str, dict]) -> list[str]:
     lines = ["| arch | export (s) | int8-cpu conversion (s) | peak memory of export + conversion (GB) "
-             "| ONNX fp32 (MB) | ONNX int8-cpu (MB) |", "|---|---|---|---|---|---|"]
+             "| ONNX fp32 (MB) | ONNX int8-cpu (MB) | timed runs |", "|---|---|---|---|---|---|---|"]
     for arch, row in rows.items():
         sizes = row["sizes"]
         convert = f"{row['convert_s']:.1f}" if "convert_s" in row else f"fails ({row.get('convert_error', '?')})"
         int8_mb = f"{sizes['int8-cpu'] / 1e6:.0f}" if "int8-cpu" in sizes else "-"
         lines.append(f"| {arch} | {row['export_s']:.1f} | {convert} | {row['peak_gb']:.1f} | "
-                     f"{sizes['fp32'] / 1e6:.0f} | {int8_mb} |")
+                     f"{sizes['fp32'] / 1e6:.0f} | {int8_mb} | {row.get('blocks', '-')} |")
     return lines
 
 
@@ -216,11 +234,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", nargs="+", default=[TEACHER, *STUDENTS],
                         help="architectures to measure; the ratios need the teacher among them")
-    parser.add_argument("--images", type=int, default=64,
-                        help="at most this many images timed per architecture, variant and batch size")
-    parser.add_argument("--seconds", type=float, default=15.0,
-                        help="at most about this many seconds of timed runs per architecture, variant and batch "
-                             f"size (at least {MIN_RUNS} runs): keeps the teacher's runs to a few images")
+    parser.add_argument("--images", type=int, default=240,
+                        help="at most this many images timed per architecture and variant at batch 8 (as many "
+                             "runs at batch 1); a slow architecture gets fewer: one run of each per round")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds, each visiting every architecture")
     parser.add_argument("--write", action="store_true", help=f"append the section to {RESULTS}")
     args = parser.parse_args()
 
@@ -242,22 +259,26 @@ def main() -> None:
     load_before = os.getloadavg()
     started = time.perf_counter()
     rows: dict[str, dict] = {}
-    preprocess_times: list[float] = []
+    backends: dict[str, dict] = {}
     for arch in args.archs:
         with tempfile.TemporaryDirectory(prefix="dgs-students-") as tmp:
             graphs, facts = prepare(arch, Path(tmp))
         package = in_memory_package(arch, graphs, spec)
-        backends = {}
+        backends[arch] = {}
         for variant in graphs:
             try:
-                backends[variant] = create_backend("onnxruntime", package, device="cpu", precision=variant)
+                backends[arch][variant] = create_backend("onnxruntime", package, device="cpu", precision=variant)
             except Exception as e:  # a variant ONNX Runtime cannot load or run is a finding, not the end of the run
                 facts.setdefault("errors", []).append(f"{arch} {variant}: {type(e).__name__}: {str(e).strip()[:200]}")
-        speed = time_arch(backends, inputs, preprocess_one, args.seconds, args.images, preprocess_times)
-        rows[arch] = {**facts, "speed": speed, "sizes": {v: len(g) for v, g in graphs.items()}}
-        del backends, package, graphs
+        rows[arch] = {**facts, "sizes": {v: len(g) for v, g in graphs.items()}}
+        del package, graphs
         gc.collect()
-        print(f"{arch}: done after {time.perf_counter() - started:.0f} s", flush=True)
+        print(f"{arch}: exported and loaded after {time.perf_counter() - started:.0f} s", flush=True)
+    speeds, blocks, preprocess_times = measure(backends, inputs, preprocess_one, args.rounds, args.images)
+    for arch in rows:
+        rows[arch].update(speed=speeds[arch], blocks=blocks[arch])
+    del backends
+    gc.collect()
     preprocess_s = statistics.median(preprocess_times)
     minutes = (time.perf_counter() - started) / 60
 
@@ -274,8 +295,10 @@ def main() -> None:
         f"(middle half {np.percentile(preprocess_times, 25) * 1e3:.1f}-"
         f"{np.percentile(preprocess_times, 75) * 1e3:.1f} ms)"
     )
-    out.append(f"- img/s: median of timed runs (at least {MIN_RUNS}, at most {args.images} images or about "
-               f"{args.seconds:g} s per architecture, variant and batch), the two variants interleaved; "
+    out.append(f"- img/s: median of the timed runs (\"timed runs\" below: per variant and batch size) in "
+               f"{args.rounds} rounds, each visiting every architecture for about {SLICE_S:g} s (at least one run "
+               f"of each variant and batch; at most {args.images} images per variant at batch 8 in all); peak "
+               f"memory of the timing process, holding every session at once: {peak_resident_gb():.1f} GB; "
                "x teacher: the student's images/s over the teacher's, same variant, batch 8; end-to-end: "
                "1 / (preprocessing + model time per image at batch 8)\n")
     out += table(rows, preprocess_s) + [""] + costs_table(rows) + [""] + reading(rows, preprocess_s)
