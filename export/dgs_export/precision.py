@@ -253,12 +253,15 @@ def to_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
 
 
 def to_int8_cpu(onnx_bytes: bytes) -> bytes:
-    """ONNX Runtime's dynamic INT8 quantization of the MatMul and Conv weights, per output channel; activations
-    are quantized per batch at run time, so no calibration images are needed.
+    """ONNX Runtime's dynamic INT8 quantization of the MatMul weights, per output channel; activations are
+    quantized per batch at run time, so no calibration images are needed.
 
     Measured on real photographs (benchmarks/precision.py, benchmarks/RESULTS.md) against static per-tensor Q/DQ
     with calibrated activation ranges: dynamic per-channel was both faster on ONNX Runtime's CPU kernels and
     closer to float32 (ViT activations have outliers that one static range per tensor clips or coarsens).
+    Convolutions stay float32: ONNX Runtime's dynamic ConvInteger ran convolutional towers (MobileCLIP, ConvNeXt,
+    EfficientNet) 4-8x slower than float32, and a ViT's patch embedding faster in float32 too
+    (benchmarks/students.py).
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -267,7 +270,7 @@ def to_int8_cpu(onnx_bytes: bytes) -> bytes:
         source, target = Path(tmp) / "model.onnx", Path(tmp) / "model.int8-cpu.onnx"
         source.write_bytes(onnx_bytes)
         with _quiet():
-            quantize_dynamic(os.fspath(source), os.fspath(target), op_types_to_quantize=["MatMul", "Conv"],
+            quantize_dynamic(os.fspath(source), os.fspath(target), op_types_to_quantize=["MatMul"],
                              per_channel=True, weight_type=QuantType.QInt8)
         return target.read_bytes()
 
