@@ -307,7 +307,7 @@ def distill_cut(monkeypatch, teacher, data, out, *extra, student="dgs-micro-vit"
 def test_an_interrupted_distillation_resumes_to_the_same_weights(tmp_path, monkeypatch, student, teacher,
                                                                  dataset):
     """Killed at optimizer step 5, then resumed: the weights of the uninterrupted student, to the bit. The teacher
-    is a copy (same checksum); while it is gone, --resume says so."""
+    is a copy (same checksum); while it is gone, or once it has been retrained, --resume says so."""
     monkeypatch.setenv("DGS_CACHE_DIR", str(tmp_path / "cache"))
     copy = Path(shutil.copytree(teacher, tmp_path / "teacher copy"))
     out = tmp_path / "cut run"
@@ -320,6 +320,17 @@ def test_an_interrupted_distillation_resumes_to_the_same_weights(tmp_path, monke
     gone = invoke("distill", "--resume", out, "--no-progress")
     assert gone.exit_code == 2 and f"Error: teacher {copy}: not found" in gone.output
     moved.rename(copy)
+
+    from safetensors.torch import load_file, save_file
+
+    weights = copy / "model.safetensors"
+    original = weights.read_bytes()
+    retrained = load_file(weights)
+    retrained = {k: v + 1 for k, v in retrained.items()}
+    save_file(retrained, weights)
+    changed = invoke("distill", "--resume", out, "--no-progress")
+    assert changed.exit_code == 2 and "its teacher is not the one it started with" in changed.output
+    weights.write_bytes(original)
 
     succeeded(invoke("distill", "--resume", out, "--no-progress"))
     assert_same_weights(out, student.run)

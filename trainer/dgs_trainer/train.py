@@ -81,6 +81,15 @@ def _required_spec(spec, required):
     return required
 
 
+def _check_same_inputs(run: RunFolder, provenance: dict[str, Any]) -> None:
+    """A resumed run must go on with the inputs it started with (a distillation's teacher): refuse one that changed."""
+    recorded = run.read_record().get("provenance", {})
+    for key, value in provenance.items():
+        if key in recorded and recorded[key] != value:
+            raise TrainError(f"{run}: its {key} is not the one it started with ({recorded[key]} then, {value} now); "
+                             "resume with the same one, or start a new run")
+
+
 def _resume_position(run: RunFolder, config: TrainConfig) -> tuple[dict[str, torch.Tensor], Position, dict[str, str]]:
     if not run.checkpoint_file.exists():
         raise TrainError(f"{run}: no checkpoint to resume from ({run.checkpoint_file} is missing)")
@@ -143,6 +152,8 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Pat
             "torch": torch.__version__,
             **method.provenance(),
         })
+    else:
+        _check_same_inputs(run, method.provenance())
 
     dataset = ImageDataset(samples, spec, train=True, seed=config.seed, hflip=config.hflip)
     autocast = device.type == "cuda"
