@@ -208,6 +208,20 @@ def test_a_repeated_distillation_takes_every_teacher_output_from_the_cache(tmp_p
     assert_same_weights(tmp_path / "again", student.run)  # cached logits are the teacher's to the bit
 
 
+def test_dgs_cache_lists_and_clears_the_teacher_outputs(tmp_path, monkeypatch, student, teacher, dataset):
+    cache = Path(shutil.copytree(student.cache, tmp_path / "cache"))  # the module's cache stays as it is
+    monkeypatch.setenv("DGS_CACHE_DIR", str(cache))
+    (kept,) = cache_files(cache)
+    listed = succeeded(invoke("cache", "list"))
+    assert f"teacher outputs of dgs distill in {cache / 'teacher-outputs'}: 1" in listed.output
+    assert kept.name in listed.output
+    cleared = succeeded(invoke("cache", "clear"))
+    assert f"removed {kept}" in cleared.output and "1 teacher output file(s) removed" in cleared.output
+    assert cache_files(cache) == []
+    assert "teacher outputs of dgs distill in" in succeeded(invoke("cache", "list")).output.splitlines()[-1]
+    assert succeeded(invoke("cache", "list")).output.rstrip().endswith(": none")
+
+
 def test_no_teacher_cache_writes_nothing(tmp_path, monkeypatch, student, teacher, teacher_calls, dataset):
     cache = tmp_path / "cache"
     monkeypatch.setenv("DGS_CACHE_DIR", str(cache))

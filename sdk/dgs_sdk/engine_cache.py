@@ -88,6 +88,10 @@ class EngineCacheError(DgsError):
     """The engine cache folder cannot be used (not writable, not a folder) or a lock cannot be taken."""
 
 
+# Under the cache folder beside engines/: `dgs distill`'s cache of teacher outputs (dgs_trainer.teacher_cache).
+TEACHER_OUTPUTS_DIR = "teacher-outputs"
+
+
 def cache_dir(environ: dict[str, str] | None = None) -> Path:
     """dgs's cache folder: ``$DGS_CACHE_DIR``, else ``$XDG_CACHE_HOME/dgs``, else ``~/.cache/dgs``.
 

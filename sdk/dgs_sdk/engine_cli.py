@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from .engine_cache import BatchProfile, EngineCache, describe_engines
+from .engine_cache import TEACHER_OUTPUTS_DIR, BatchProfile, EngineCache, cache_dir, describe_engines
 
 __all__ = ["cache_group", "engine_command"]
 
@@ -52,22 +54,40 @@ def engine_command(model, precision, batch, device, workspace) -> None:
 
 @click.group("cache")
 def cache_group() -> None:
-    """The cache of TensorRT engines ($DGS_CACHE_DIR, else $XDG_CACHE_HOME/dgs, else ~/.cache/dgs)."""
+    """dgs's cache ($DGS_CACHE_DIR, else $XDG_CACHE_HOME/dgs, else ~/.cache/dgs): TensorRT engines, and the teacher
+    outputs that dgs distill keeps."""
+
+
+def _teacher_outputs() -> tuple[Path, list[Path]]:
+    folder = cache_dir() / TEACHER_OUTPUTS_DIR
+    files = sorted(p for p in folder.glob("*") if p.is_file() and not p.is_symlink()) if folder.is_dir() else []
+    return folder, files
 
 
 @cache_group.command("list")
 def cache_list() -> None:
-    """List the cached engines."""
+    """List the cached engines and teacher outputs."""
     for line in describe_engines():
         click.echo(line)
+    folder, files = _teacher_outputs()
+    click.echo(f"teacher outputs of dgs distill in {folder}: {len(files) or 'none'}")
+    for path in files:
+        click.echo(f"  {path.name}, {path.stat().st_size / 1e6:.1f} MB")
 
 
 @cache_group.command("clear")
 def cache_clear() -> None:
-    """Remove every cached engine and timing cache (engines being built by another process are kept)."""
+    """Remove every cached engine and timing cache (engines being built by another process are kept), and the
+    teacher outputs dgs distill keeps."""
     cache = EngineCache()
     removed = cache.clear()
     for path in removed:
         click.echo(f"removed {path}")
     click.echo(f"{len(removed)} file(s) removed from {cache.folder}" if removed else f"nothing to remove in "
                f"{cache.folder}")
+    folder, files = _teacher_outputs()
+    for path in files:
+        path.unlink(missing_ok=True)
+        click.echo(f"removed {path}")
+    if files:
+        click.echo(f"{len(files)} teacher output file(s) removed from {folder}")

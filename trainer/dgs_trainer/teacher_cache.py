@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dgs_sdk.engine_cache import cache_dir
+from dgs_sdk.engine_cache import TEACHER_OUTPUTS_DIR, cache_dir
 from dgs_sdk.preprocess import PreprocessSpec
 
 from .errors import TrainError
@@ -33,14 +33,13 @@ __all__ = ["CACHE_FORMAT", "TeacherCache", "cache_file", "input_keys"]
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-SUBDIR = "teacher-outputs"
 
 
 def cache_file(checksum: str, spec: PreprocessSpec, compute: str) -> Path:
     """Where the outputs of the teacher ``checksum`` on inputs made by ``spec``, computed as ``compute``, live."""
     fields = {"format": CACHE_FORMAT, "teacher": checksum, "preprocess": spec.to_dict(), "compute": compute}
     key = hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    return cache_dir() / SUBDIR / f"{key}.sqlite"
+    return cache_dir() / TEACHER_OUTPUTS_DIR / f"{key}.sqlite"
 
 
 def input_keys(images: torch.Tensor) -> list[bytes]:
