@@ -1,4 +1,5 @@
-"""`dgs engine` (build a TensorRT engine ahead of time) and `dgs cache` (list or clear the engine cache)."""
+"""`dgs engine` (build a TensorRT engine ahead of time) and `dgs cache` (list or clear the engine cache and the
+teacher outputs of `dgs distill`)."""
 
 from __future__ import annotations
 
