@@ -41,6 +41,14 @@ def photos(size: int | None = None) -> list[np.ndarray]:
     return images
 
 
+def peak_resident_gb() -> float:
+    """This process's peak resident memory in GB. Not `resource.getrusage`: its ru_maxrss survives fork and exec, so
+    a spawned child would report its parent's peak when that is higher; /proc's VmHWM is the process's own."""
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kb / 1024**2
+
+
 def seconds(fn) -> float:
     """Wall time of one call of ``fn``."""
     start = time.perf_counter()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import header, photos
+from _common import header, peak_resident_gb, photos
 from dgs_trainer.samples import photo_crops
 
 LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
@@ -84,7 +83,7 @@ def _convert_child(variant: str, source: str, calibration: str, target: str, rep
     out = static_qdq(onnx_bytes, batch) if variant == "static-qdq" else convert(onnx_bytes, variant, batch)
     seconds = time.perf_counter() - start
     Path(target).write_bytes(out)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # kB -> GB
+    peak = peak_resident_gb()
     Path(report).write_text(json.dumps({"seconds": seconds, "peak_gb": peak}))
 
 

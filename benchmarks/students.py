@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from _common import header, photos, seconds
+from _common import header, peak_resident_gb, photos, seconds
 
 TEACHER = "ViT-L-14"
 STUDENTS = ("ViT-B-16", "ViT-S-16", "ViT-B-32", "MobileCLIP-S1", "MobileCLIP2-S0", "timm-convnext_atto",
@@ -73,14 +73,6 @@ def flops_per_image(model) -> float:
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     return float(counter.get_total_flops())
-
-
-def peak_resident_gb() -> float:
-    """This process's peak resident memory. Not `resource.getrusage`: its ru_maxrss survives fork and exec, so a
-    spawned child would report its parent's peak when that is higher; /proc's VmHWM is the process's own."""
-    with open("/proc/self/status") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    return kb / 1024**2
 
 
 def _prepare_child(arch: str, folder: str) -> None:

@@ -276,6 +276,25 @@ def test_a_damaged_cache_file_is_set_aside(tmp_path, monkeypatch, student, teach
     assert_same_weights(tmp_path / "run", student.run)
 
 
+def test_a_cache_file_of_another_shape_is_set_aside_and_bad_rows_count_as_absent(tmp_path, caplog):
+    """A SQLite file whose table has other columns is set aside like garbage; an embedding of the wrong width (a
+    row edited by hand) is not returned but computed again."""
+    foreign = tmp_path / "foreign.sqlite"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE outputs (name TEXT, score REAL)")
+    caplog.set_level(logging.WARNING, logger="dgs_trainer")
+    cache = TeacherCache(foreign)
+    assert "the teacher cache is damaged" in caplog.text and (tmp_path / "foreign.sqlite.damaged").exists()
+    keys = [b"a" * 16, b"b" * 16]
+    cache.store(keys, torch.tensor([1.0, -1.0]), torch.ones(2, 4))
+    logits, embeddings = cache.lookup(keys, width=4)
+    assert logits == [1.0, -1.0] and all(e.shape == (4,) for e in embeddings)
+    assert cache.lookup(keys, width=None)[0] == [1.0, -1.0]
+    logits, embeddings = cache.lookup(keys, width=8)
+    assert logits == [None, None] and embeddings == [None, None]
+    cache.close()
+
+
 def test_cached_logits_are_the_teachers_own(student, teacher, dataset):
     """Every input of the student's epoch (same seed, augmentation and order) is in the cache with the logit the
     teacher run's network gives it."""
@@ -286,13 +305,35 @@ def test_cached_logits_are_the_teachers_own(student, teacher, dataset):
     [path] = cache_files(student.cache)
     cache = TeacherCache(path)
     try:
-        logits, embeddings = cache.lookup(input_keys(images), features=False)
+        logits, embeddings = cache.lookup(input_keys(images), width=None)
     finally:
         cache.close()
     assert cache.hits == IMAGES and None not in logits and embeddings == [None] * IMAGES
     with torch.no_grad():
         expected = RunFolder(teacher).load().model(images)
     torch.testing.assert_close(torch.tensor(logits, dtype=torch.float32), expected, rtol=0, atol=1e-5)
+
+
+def test_init_from_teacher_starts_the_student_from_every_other_teacher_block(tmp_path, monkeypatch, teacher,
+                                                                             dataset):
+    """dgs-micro-vit (2 blocks) from dgs-tiny-vit (4): block 0 from block 0, block 1 from block 2, the rest as the
+    teacher's. At a learning rate of 1e-12 the trained student still holds them; a student of another
+    architecture is refused before anything is written."""
+    monkeypatch.setenv("DGS_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "initialised"
+    succeeded(distill(teacher, dataset, out, "--init-from-teacher", "--lr", "1e-12", "--head-lr", "1e-12"))
+    source = RunFolder(teacher).load().model.inference_model().visual.state_dict()
+    tower = {k.removeprefix("tower."): v for k, v in weights(out).items() if k.startswith("tower.")}
+    assert any("resblocks.1." in k for k in tower)
+    for key, value in tower.items():
+        name = key.replace("resblocks.1.", "resblocks.2.")
+        torch.testing.assert_close(value, source[name], rtol=0, atol=1e-6, msg=key)
+    assert record(out)["config"]["options"]["init_from_teacher"] is True
+
+    refused = distill(teacher, dataset, tmp_path / "refused", "--init-from-teacher", student="timm-convnext_atto")
+    assert refused.exit_code == 2 and "Error: --init-from-teacher: the student has 0 transformer blocks" in \
+        refused.output
+    assert not (tmp_path / "refused" / "config.json").exists()
 
 
 # 4. resumption
@@ -334,8 +375,6 @@ def test_an_interrupted_distillation_resumes_to_the_same_weights(tmp_path, monke
     gone = invoke("distill", "--resume", out, "--no-progress")
     assert gone.exit_code == 2 and f"Error: teacher {copy}: not found" in gone.output
     moved.rename(copy)
-
-    from safetensors.torch import load_file, save_file
 
     weights = copy / "model.safetensors"
     original = weights.read_bytes()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,13 +100,6 @@ def _hash_file(digest, path: Path) -> None:
             digest.update(block)
 
 
-@dataclass
-class _Embedding:
-    """The image embedding a detector's head reads: captured from the module named ``encoder``."""
-
-    value: torch.Tensor | None = None
-
-
 class RunTeacher(Teacher):
     """A finished training run's inference network (for DGS-Net, LoRA merged), frozen, in eval mode."""
 
@@ -129,13 +121,13 @@ class RunTeacher(Teacher):
             if file.exists():
                 _hash_file(digest, file)
         self.checksum = digest.hexdigest()
-        self._embedding = _Embedding()
+        self._embedding: torch.Tensor | None = None  # what the image encoder returned in the last call
         encoder = getattr(self.network, "visual", None)
         self.feature_width = None
         if isinstance(encoder, nn.Module):
             # The head reads what the image encoder returns (MiraGe's prompted encoder calls the encoder's parts,
             # not the encoder itself: it gives no embedding here).
-            encoder.register_forward_hook(lambda module, args, out: setattr(self._embedding, "value", out))
+            encoder.register_forward_hook(lambda module, args, out: setattr(self, "_embedding", out))
             if getattr(self.network, "head", None) is not None:
                 self.feature_width = image_embedding_width(encoder)
 
@@ -146,10 +138,10 @@ class RunTeacher(Teacher):
     def outputs(self, images: torch.Tensor, features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         if next(self.network.parameters()).device != images.device:
             self.network.to(images.device)
-        self._embedding.value = None
+        self._embedding = None
         with torch.inference_mode():
             logits = self.network(images).float()
-            embedding = self._embedding.value
+            embedding = self._embedding
         if features and embedding is None:
             raise TrainError(f"teacher {self.path}: its network gives no image embedding to match features with "
                              "(use --kd-feature-weight 0)")

@@ -73,7 +73,7 @@ class TeacherCache:
             db = sqlite3.connect(self.path, timeout=60)
             db.execute("CREATE TABLE IF NOT EXISTS outputs (input BLOB PRIMARY KEY, logit REAL NOT NULL, "
                        "features BLOB)")
-            db.execute("SELECT count(*) FROM outputs LIMIT 1").fetchone()  # a damaged file fails here
+            db.execute("SELECT input, logit, features FROM outputs LIMIT 1").fetchall()  # a damaged file fails here
             db.commit()
         except sqlite3.OperationalError as e:
             if any(word in str(e) for word in ("unable to open", "readonly", "locked")):
@@ -85,9 +85,11 @@ class TeacherCache:
     def close(self) -> None:
         self._db.close()
 
-    def lookup(self, keys: list[bytes], features: bool) -> tuple[list[float | None], list[np.ndarray | None]]:
-        """The cached logit of each key (None when absent) and, with ``features``, its embedding (None when absent;
-        a row whose embedding was never stored counts as absent then)."""
+    def lookup(self, keys: list[bytes], width: int | None) -> tuple[list[float | None], list[np.ndarray | None]]:
+        """The cached logit of each key (None when absent) and, when an embedding ``width`` is asked for, its
+        embedding (None when absent); a row whose embedding was never stored, or is not ``width`` wide (a file
+        edited by hand), counts as absent then."""
+        features = width is not None
         rows = {}
         for start in range(0, len(keys), 500):  # SQLite bounds the parameters of one statement
             chunk = keys[start:start + 500]
@@ -96,8 +98,8 @@ class TeacherCache:
         logits, embeddings = [], []
         for key in keys:
             logit, blob = rows.get(key, (None, None))
-            if features and blob is None:
-                logit = None
+            if features and (blob is None or len(blob) != 2 * width):
+                logit, blob = None, None
             logits.append(logit)
             embeddings.append(np.frombuffer(blob, np.float16).astype(np.float32) if features and blob else None)
         found = sum(logit is not None for logit in logits)

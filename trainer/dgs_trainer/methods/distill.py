@@ -16,6 +16,7 @@ inference mode; its outputs are cached on disk (`dgs_trainer.teacher_cache`).
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from ..teacher_cache import TeacherCache, cache_file, input_keys
 from .base import AdamOptions, Method, MethodContext, help_of
 
 __all__ = ["DistillConfig", "DistillLoss", "DistillMethod", "DistilledStudent", "distillation_loss"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ class _TeacherLink:
             self.cache = TeacherCache(cache_file(self.teacher.checksum, self.teacher.spec,
                                                  self.teacher.compute(images.device)))
         keys = input_keys(images)
-        logits, embeddings = self.cache.lookup(keys, self.features)
+        logits, embeddings = self.cache.lookup(keys, self.teacher.feature_width if self.features else None)
         missing = [i for i, logit in enumerate(logits) if logit is None]
         if missing:
             computed, computed_features = self.teacher.outputs(images[missing], self.features)
@@ -234,13 +237,16 @@ class DistillMethod(Method):
         return teacher_spec(self.options.teacher)
 
     def prepare(self, context: MethodContext) -> None:
-        self.input_spec()
+        """Open the teacher (fit has read its spec with `input_spec`), and with ``init_from_teacher`` start the
+        student's tower from the teacher's blocks (a resumed run then loads its checkpoint over them)."""
         self.teacher = open_teacher(self.options.teacher)
         if self.options.kd.feature_weight > 0 and self.teacher.feature_width is None:
             raise TrainError(f"teacher {self.teacher.path}: feature matching needs the image embedding of a run's "
                              "CLIP-and-head network; this teacher gives logits only (use --kd-feature-weight 0)")
         if self.options.init_from_teacher:
-            teacher_blocks(self.teacher, context.clip.visual)  # refuses a student it cannot initialise
+            tower = context.clip.visual
+            with torch.no_grad():
+                tower.load_state_dict(teacher_blocks(self.teacher, tower))
 
     def provenance(self) -> dict[str, Any]:
         return {"teacher": self.teacher.describe()} if self.teacher is not None else {}
@@ -248,10 +254,6 @@ class DistillMethod(Method):
     def build(self, stage: str, context: MethodContext) -> DistilledStudent:
         if context.samples is None or self.teacher is None:  # a finished run, loaded for inference
             return DistilledStudent(context.clip.visual, self.options.kd)
-        if self.options.init_from_teacher:
-            tower = context.clip.visual
-            with torch.no_grad():
-                tower.load_state_dict(teacher_blocks(self.teacher, tower))
         matching = self.options.kd.feature_weight > 0
         link = _TeacherLink(self.teacher, self.options.teacher_cache, matching)
         return DistilledStudent(context.clip.visual, self.options.kd, link,
@@ -262,7 +264,8 @@ class DistillMethod(Method):
         rates cosine-annealed to zero over the stage."""
         options = self.options
         tower = list(module.tower.parameters())
-        new = [p for p in module.trainable_parameters() if all(p is not q for q in tower)]
+        in_tower = {id(p) for p in tower}
+        new = [p for p in module.trainable_parameters() if id(p) not in in_tower]
         optimizer = torch.optim.AdamW([{"params": tower, "lr": options.lr}, {"params": new, "lr": options.head_lr}],
                                       betas=(options.beta1, options.beta2), weight_decay=options.weight_decay)
         return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps_per_epoch * epochs)
@@ -274,10 +277,7 @@ class DistillMethod(Method):
             if cache is not None:
                 total = cache.hits + cache.misses
                 if total:
-                    import logging
-
-                    logging.getLogger(__name__).info(
-                        "teacher outputs: %d of %d from the cache (%s)", cache.hits, total, cache.path)
+                    log.info("teacher outputs: %d of %d from the cache (%s)", cache.hits, total, cache.path)
                 cache.close()
 
     def describe(self) -> dict[str, Any]:
