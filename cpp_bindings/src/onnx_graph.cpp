@@ -421,7 +421,7 @@ GraphInterface check_onnx_graph(const std::vector<std::uint8_t>& model_bytes, co
                                 const std::string& output_name, int size, const std::string& where) {
   auto fail = [&](const std::string& message) { return Error(Status::model_package, where + ": " + message); };
   std::string_view bytes(reinterpret_cast<const char*>(model_bytes.data()), model_bytes.size());
-  if (!parses(bytes)) throw fail("is not an ONNX model (Error parsing message)");
+  if (!parses(bytes)) throw fail("is not an ONNX model (Error parsing message with type 'onnx.ModelProto')");
   Message model{T::model, {bytes}};
   std::string tensor, location;
   if (external_tensor(model, tensor, location)) {

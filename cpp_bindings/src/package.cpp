@@ -216,10 +216,16 @@ std::string read_member(zip_t* archive, const Entry& entry, const std::string& m
     throw package_error(name + ": a member cannot be read (File " + json::repr_string(member) +
                         " is encrypted, password required for extraction)");
   }
-  // Python's zipfile reads stored, deflate, bzip2 and LZMA members; libzip would read others too.
-  if ((st.valid & ZIP_STAT_COMP_METHOD) && st.comp_method != ZIP_CM_STORE && st.comp_method != ZIP_CM_DEFLATE &&
-      st.comp_method != ZIP_CM_BZIP2 && st.comp_method != ZIP_CM_LZMA) {
-    throw package_error(name + ": a member cannot be read (That compression method is not supported)");
+  // Python's zipfile reads stored, deflate, bzip2 and LZMA members; libzip would read others too (xz, zstd),
+  // and before 1.8 it has no LZMA: such a member is refused here, as it cannot be read.
+  if (st.valid & ZIP_STAT_COMP_METHOD) {
+    std::int32_t method = st.comp_method;
+    bool python_reads = method == ZIP_CM_STORE || method == ZIP_CM_DEFLATE || method == ZIP_CM_BZIP2 ||
+                        method == ZIP_CM_LZMA;
+    if (!python_reads || !zip_compression_method_supported(method, 0)) {
+      throw package_error(name + ": a member cannot be read (member " + json::repr_string(member) +
+                          ": compression method " + std::to_string(method) + " is not supported)");
+    }
   }
   std::unique_ptr<zip_file_t, ZipFileCloser> file(zip_fopen_index(archive, entry.index, 0));
   if (!file) throw damaged(name);

@@ -67,7 +67,8 @@ PreprocessSpec check(const Json& transform, const Json& size, const Json& mean, 
   }
   bool patch_int = patch_size.is_number_integer() || json::is_big_integer(patch_size);
   bool patch_ok = patch_int && !json::is_big_integer(patch_size) &&
-                  (patch_size.is_number_unsigned() || patch_size.get<long long>() >= min_patch_size);
+                  (patch_size.is_number_unsigned() ? patch_size.get<std::uint64_t>() >= min_patch_size
+                                                   : patch_size.get<long long>() >= min_patch_size);
   bool patch_big = json::is_big_integer(patch_size) ? json::big_integer_text(patch_size)[0] != '-' : false;
   if (!(patch_ok || patch_big)) {
     throw json::Invalid("preprocess patch_size must be an integer of at least " + std::to_string(min_patch_size) +
