@@ -258,7 +258,7 @@ def corpus() -> list[tuple[str, Callable[[Path], Path]]]:
                                           "graph", "message"):
         cases.append((f"graph: {id_}", with_graph(graph, 1024 if "1024" in message else SIZE)))
     (mark,) = [m for m in damaged.test_damaged_packages_give_clear_errors.pytestmark if m.name == "parametrize"]
-    for i, (damage, message) in enumerate(mark.args[1]):  # plain tuples, without ids
+    for damage, message in mark.args[1]:  # plain tuples, without ids
         cases.append((f"damaged: {message}", damaged_package(damage)))
     return cases
 
