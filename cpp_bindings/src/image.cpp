@@ -40,8 +40,10 @@ Error unreadable(const std::string& name, const std::string& problem) {
   return Error(Status::unreadable_image, name + ": " + problem);
 }
 
-// OpenCV reads OPENCV_IO_MAX_IMAGE_PIXELS once, before its first decode; like dgs_sdk/__init__.py, a value the
-// user set is kept (the pixel count is checked again after decoding).
+// OpenCV 4.6 reads OPENCV_IO_MAX_IMAGE_PIXELS when libopencv_imgcodecs is loaded, so setting it here only helps
+// where the library is loaded later (dgs_native imported after dgs_sdk, which sets it too); like
+// dgs_sdk/__init__.py, a value the user set is kept. The sizes that declared_pixels reads, and the check after
+// decoding, hold the bound either way.
 void bound_opencv_pixels() {
   static std::once_flag once;
   std::call_once(once, [] {
@@ -59,6 +61,41 @@ const char* sniff_format(const std::uint8_t* data, std::size_t size) {
   if (starts("BM", 2)) return "BMP";
   if (starts("II*\0", 4) || starts("MM\0*", 4) || starts("II+\0", 4) || starts("MM\0+", 4)) return "TIFF";
   return nullptr;
+}
+
+std::uint32_t be16(const std::uint8_t* p) { return (std::uint32_t{p[0]} << 8) | p[1]; }
+std::uint32_t be32(const std::uint8_t* p) { return (be16(p) << 16) | be16(p + 2); }
+std::uint32_t le32(const std::uint8_t* p) {
+  return std::uint32_t{p[0]} | (std::uint32_t{p[1]} << 8) | (std::uint32_t{p[2]} << 16) | (std::uint32_t{p[3]} << 24);
+}
+
+// The pixel count a PNG, BMP or JPEG header declares, read before the decoder allocates anything; -1 where it is
+// not found here (other formats, or a header the decoder will refuse anyway). Not dgs_sdk/headers.py's walk:
+// only the size, so that a small file declaring a huge image is refused undecoded.
+long long declared_pixels(const std::string& fmt, const std::uint8_t* data, std::size_t size) {
+  if (fmt == "PNG" && size >= 24 && std::memcmp(data + 12, "IHDR", 4) == 0) {
+    return static_cast<long long>(be32(data + 16)) * be32(data + 20);
+  }
+  if (fmt == "BMP" && size >= 26) {
+    const auto width = static_cast<std::int32_t>(le32(data + 18)), height = static_cast<std::int32_t>(le32(data + 22));
+    return std::llabs(static_cast<long long>(width)) * std::llabs(static_cast<long long>(height));
+  }
+  if (fmt == "JPEG") {  // marker segments up to the first start-of-frame, which carries the size
+    std::size_t at = 2;
+    while (at + 4 <= size && data[at] == 0xFF) {
+      const std::uint8_t marker = data[at + 1];
+      if (marker == 0xFF) {  // fill byte
+        ++at;
+        continue;
+      }
+      const std::size_t length = be16(data + at + 2);
+      const bool sof = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
+      if (sof && at + 9 <= size) return static_cast<long long>(be16(data + at + 5)) * be16(data + at + 7);
+      if (marker == 0xDA || length < 2) break;  // scan data before any frame header: the decoder refuses it
+      at += 2 + length;
+    }
+  }
+  return -1;
 }
 
 // The last line of an OpenCV error, without surrounding blanks (as Python's str(e).strip().splitlines()[-1]).
@@ -185,6 +222,10 @@ cv::Mat decode_bytes(const std::uint8_t* data, std::size_t size, const std::stri
   const std::string fmt = format;
   if (fmt == "GIF" && !opencv_has_gif) {
     throw unreadable(name, "GIF cannot be decoded by the native core's OpenCV (" CV_VERSION "; GIF needs 4.11 or later)");
+  }
+  if (declared_pixels(fmt, data, size) > limits::max_pixels) {
+    throw Error(Status::image_too_large, name + ": image too large (over " + thousands(limits::max_pixels) +
+                                             " pixels; a decompression bomb?)");
   }
   bound_opencv_pixels();
   // JPEG is 8-bit without alpha: decoded to colour directly (grey and CMYK converted), BGR in OpenCV 4.6 which has

@@ -14,6 +14,7 @@
 
 #include "dgs/error.hpp"
 #include "dgs/limits.hpp"
+#include "preprocess_detail.hpp"
 
 namespace dgs {
 namespace {
@@ -83,9 +84,10 @@ double dot(const double* x, const double* y, int n) {
 }
 
 // Grey values in 0..1, float64, as dgs_sdk's _gray: cv::transform of the float64 image with the weights
-// (0.299, 0.587, 0.114) / 255, which computes (w_r r + w_g g) + w_b b. The products come from tables (the same
-// doubles as w * double(v)) and are summed in the same order, so the values are cv::transform's bit for bit
-// (test_preprocess checks it) without the float64 copy of the image that cv::transform needs (a third of the time).
+// (0.299, 0.587, 0.114) / 255, that is (w_r r + w_g g) + w_b b. The products come from tables (the same doubles
+// as w * double(v)), without the float64 copy of the image that cv::transform needs (a third of the time). OpenCV's
+// SIMD builds fuse some of these multiply-adds, so values may differ from cv::transform's (and Python's cv2's) in
+// the last bit (test_preprocess bounds it); entropies move by ~1e-16 for it.
 struct GreyTables {
   double r[256], g[256], b[256];
   GreyTables() {
@@ -95,7 +97,9 @@ struct GreyTables {
       b[v] = gray_weight_b * v;
     }
   }
+  double operator()(const std::uint8_t* px) const { return (r[px[0]] + g[px[1]]) + b[px[2]]; }
 };
+const GreyTables grey_tables;
 
 // Work buffers of the entropy computation, reused from one chunk of patches to the next.
 struct EntropyBuffers {
@@ -120,7 +124,7 @@ struct EntropyBuffers {
 //  3. each bin's power is weighted by how many bins of the full spectrum it stands for (1 or 2), and
 //     -sum p ln(p + eps) is computed as spectral_entropy does, with one cv::log over the whole chunk.
 void chunk_entropies(const cv::Mat& rgb, int p, EntropyBuffers& b, double* out) {
-  static const GreyTables grey;
+  const GreyTables& grey = grey_tables;
   const int c = rgb.cols / p;
   const bool even = p % 2 == 0;
   const int pairs = (p + 1) / 2;        // complex rows per patch in the row pass
@@ -137,7 +141,7 @@ void chunk_entropies(const cv::Mat& rgb, int p, EntropyBuffers& b, double* out) 
     for (int k = 0; k < c; ++k) {
       double* dst = b.rows.ptr<double>((y / 2) * c + k) + part;
       const std::uint8_t* px = src + 3 * k * p;
-      for (int x = 0; x < p; ++x, px += 3) dst[2 * x] = (grey.r[px[0]] + grey.g[px[1]]) + grey.b[px[2]];
+      for (int x = 0; x < p; ++x, px += 3) dst[2 * x] = grey(px);
     }
   }
   if (!even) {  // the last row of an odd patch has no partner
@@ -231,6 +235,17 @@ void chunk_entropies(const cv::Mat& rgb, int p, EntropyBuffers& b, double* out) 
 }
 
 }  // namespace
+
+cv::Mat detail::grey_image(const cv::Mat& rgb) {
+  check_rgb(rgb, "grey_image");
+  cv::Mat grey(rgb.size(), CV_64F);
+  for (int y = 0; y < rgb.rows; ++y) {
+    const std::uint8_t* px = rgb.ptr<std::uint8_t>(y);
+    double* dst = grey.ptr<double>(y);
+    for (int x = 0; x < rgb.cols; ++x, px += 3) dst[x] = grey_tables(px);
+  }
+  return grey;
+}
 
 cv::Mat resize_shortest_side(const cv::Mat& rgb, int size) {
   check_rgb(rgb, "resize_shortest_side");
