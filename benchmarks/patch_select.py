@@ -1,13 +1,16 @@
-"""patch-select throughput on 1024x1024 photos: the SDK's vectorised transform vs a per-patch implementation.
+"""patch-select throughput on 1024x1024 photos: the SDK's vectorised transform and the native core (dgs_native,
+when it is importable) vs a per-patch implementation.
 
 The per-patch implementation follows DGS-Net's published transform step by step: one Python-level FFT per
 32x32 patch (grey conversion, fft2, fftshift, power, entropy), argsort, stitching, then ImageNet
-normalisation. Both run on one thread, on the same images, and must select the same patches.
+normalisation. All run on one thread, on the same images, and must select the same patches; the native core's
+model input must equal the SDK's bit for bit (no resize is involved).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 
@@ -46,20 +49,34 @@ def main() -> None:
 
     images = photos(args.size)
     spec = PreprocessSpec.patch_select()
+    try:
+        import dgs_native
+    except ImportError:
+        dgs_native = None
+    spec_json = json.dumps(spec.to_dict())
     for image in images:  # same output, or the comparison means nothing
         np.testing.assert_allclose(preprocess(image, spec), per_patch_transform(image), atol=1e-5)
-    # Interleaved, so that a slow spell of a shared machine hits both; the best run of each is kept.
-    ours, reference = float("inf"), float("inf")
+        if dgs_native is not None:
+            np.testing.assert_array_equal(dgs_native.preprocess(image, spec_json), preprocess(image, spec))
+    # Interleaved, so that a slow spell of a shared machine hits all; the best run of each is kept.
+    ours, reference, native = float("inf"), float("inf"), float("inf")
     for _ in range(args.repeats):
         ours = min(ours, seconds(lambda: [preprocess(im, spec) for im in images]))
         reference = min(reference, seconds(lambda: [per_patch_transform(im) for im in images]))
+        if dgs_native is not None:
+            native = min(native, seconds(lambda: [dgs_native.preprocess(im, spec_json) for im in images]))
     n = len(images)
     print(header(f"patch-select on {args.size}x{args.size} photos"))
     print("| implementation | ms / image | images / s |")
     print("|---|---|---|")
     print(f"| per-patch (one FFT per patch) | {reference / n * 1e3:.1f} | {n / reference:.1f} |")
     print(f"| dgs_sdk (vectorised, rfft2) | {ours / n * 1e3:.1f} | {n / ours:.1f} |")
+    if dgs_native is not None:
+        print(f"| dgs_native (C++, OpenCV {dgs_native.opencv_version()} cv::dft) | {native / n * 1e3:.1f} | "
+              f"{n / native:.1f} |")
     print(f"\nspeed-up: {reference / ours:.1f}x ({n} photos, best of {args.repeats} runs, one thread, same output)")
+    if dgs_native is not None:
+        print(f"native: {reference / native:.1f}x the per-patch reference, {ours / native:.1f}x dgs_sdk")
 
 
 if __name__ == "__main__":
