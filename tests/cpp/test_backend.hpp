@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "dgs/backend.hpp"
 
@@ -20,15 +21,14 @@ class MeanBackend : public Backend {
   int max_batch() const override { return max_batch_; }
   void infer(const float* batch, int n, float* logits) override;
 
-  int calls() const { return calls_; }
-  int largest_call() const { return largest_call_; }
+  // The number of images of every call so far, the smoke check's at load included.
+  const std::vector<int>& calls() const { return calls_; }
 
  private:
   int size_;
   std::optional<int> fixed_batch_;
   int max_batch_;
-  int calls_ = 0;
-  int largest_call_ = 0;
+  std::vector<int> calls_;
 };
 
 // The mean backend for a loaded package (its size and the fixed batch of its graph).
