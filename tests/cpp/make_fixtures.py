@@ -151,6 +151,24 @@ def prediction_row(p) -> dict:
     return {"probability": p.probability, "label": p.label, "error": p.error}
 
 
+STATUS_OF_KIND = {None: "ok", "UnreadableImage": "unreadable_image", "ImageTooLarge": "image_too_large",
+                  "ImageTooSmall": "image_too_small"}
+
+
+def write_c_expectations(out: Path, files: dict[str, bool], results: dict, rgb: dict[str, dict]) -> None:
+    """The clip package's expectations as tab-separated lines, for the C test (which has no JSON parser):
+    expected_clip.tsv: file, probability (empty on error), status name, 1 if resized;
+    expected_rgb.tsv: raw file, width, height, probability."""
+    lines = []
+    for name, row in results["clip"]["files"].items():
+        probability = "" if row["probability"] is None else repr(row["probability"])
+        lines.append(f"{name}\t{probability}\t{STATUS_OF_KIND[row['kind']]}\t{int(files[name])}\n")
+    (out / "expected_clip.tsv").write_text("".join(lines), encoding="utf-8")
+    lines = [f"{info['file']}\t{info['width']}\t{info['height']}\t{results['clip']['rgb'][name]['probability']!r}\n"
+             for name, info in rgb.items() if not files[name]]
+    (out / "expected_rgb.tsv").write_text("".join(lines), encoding="utf-8")
+
+
 def main(out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
@@ -189,6 +207,8 @@ def main(out: Path) -> None:
         "tolerance": 1e-6,
         "resized_tolerance": 2e-3,
     }
+    write_c_expectations(out, {n: f["resized"] for n, f in expected["files"].items()},
+                         results, rgb)
     (out / "expected.json").write_text(json.dumps(expected, indent=1, ensure_ascii=False))
     print(f"fixtures written to {out}")
 
