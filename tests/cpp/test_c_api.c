@@ -118,9 +118,9 @@ static void check_result(dgs_detector* detector, size_t i, const dgs_result* r, 
 static void test_version_and_statuses(void) {
   CHECK(strlen(dgs_version()) > 0, "empty version");
   CHECK(strcmp(dgs_status_string(DGS_OK), "ok") == 0, "%s", dgs_status_string(DGS_OK));
-  CHECK(strcmp(dgs_status_string(DGS_UNREADABLE_IMAGE), "unreadable_image") == 0, "");
-  CHECK(strcmp(dgs_status_string(DGS_INTERNAL), "internal") == 0, "");
-  CHECK(strcmp(dgs_status_string((dgs_status)42), "unknown") == 0, "");
+  CHECK(strcmp(dgs_status_string(DGS_UNREADABLE_IMAGE), "unreadable_image") == 0, "status name");
+  CHECK(strcmp(dgs_status_string(DGS_INTERNAL), "internal") == 0, "status name");
+  CHECK(strcmp(dgs_status_string((dgs_status)42), "unknown") == 0, "out of range");
   dgs_options options;
   memset(&options, 0x5A, sizeof options);
   dgs_options_init(&options);
