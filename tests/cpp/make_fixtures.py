@@ -29,8 +29,8 @@ sys.path[:0] = [str(ROOT / "sdk"), str(ROOT / "trainer"), str(ROOT / "tests")]
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from conftest import graph_package, mean_graph, variant_package, write_image  # noqa: E402
 
+from conftest import graph_package, mean_graph, variant_package, write_image  # noqa: E402
 from dgs_sdk import Detector, Manifest, PreprocessSpec, write_package  # noqa: E402
 from dgs_sdk.errors import DgsError  # noqa: E402
 from dgs_sdk.image import load_image  # noqa: E402

@@ -17,6 +17,7 @@
 #include "dgs/backend.hpp"
 #include "dgs/detector.hpp"
 #include "dgs/package.hpp"
+#include "rows.hpp"  // examples/dgs-detect: its CSV cells
 #include "test_backend.hpp"
 
 namespace {
@@ -503,6 +504,35 @@ TEST(Detector, MovesKeepTheirPackageAndBackend) {
   dgs::Detector second = std::move(first);
   EXPECT_EQ(second.backend_name(), "test-mean");
   EXPECT_EQ(second.detect_files({photo("astronaut.png")})[0].status, Status::ok);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// dgs-detect's cells, as dgs_sdk.results writes them (the values are Python's repr() of the same doubles).
+
+TEST(DgsDetectRows, ProbabilitiesAreWrittenAsPythonsRepr) {
+  const std::vector<std::pair<double, std::string>> cases{
+      {0.5, "0.5"}, {1.0, "1.0"}, {0.0, "0.0"}, {-0.0, "-0.0"}, {0.0001, "0.0001"}, {1e-05, "1e-05"},
+      {0.00012345, "0.00012345"}, {1.5e-07, "1.5e-07"}, {0.1, "0.1"}, {0.30000000000000004, "0.30000000000000004"},
+      {0.3333333333333333, "0.3333333333333333"}, {0.6666666666666666, "0.6666666666666666"}, {1e+16, "1e+16"},
+      {1000000000000000.0, "1000000000000000.0"}, {1.2345678901234568e+17, "1.2345678901234568e+17"},
+      {5e-324, "5e-324"}, {1.7976931348623157e+308, "1.7976931348623157e+308"},
+      {0.9999999999999999, "0.9999999999999999"}, {1e-300, "1e-300"}, {12345.678, "12345.678"},
+      {9.9999e-05, "9.9999e-05"}, {3.2839432695173066e-133, "3.2839432695173066e-133"},
+      {2.586079513346693e-272, "2.586079513346693e-272"}, {4.335199731352269e-74, "4.335199731352269e-74"},
+      {-2.5, "-2.5"}};
+  for (const auto& [value, repr] : cases) EXPECT_EQ(dgs_detect::python_repr(value), repr);
+  EXPECT_EQ(dgs_detect::python_repr(std::nan("")), "nan");
+}
+
+TEST(DgsDetectRows, CellsAreNeutralisedThenQuotedAsPythonsCsvModuleQuotes) {
+  EXPECT_EQ(dgs_detect::csv_line({"a.jpg", "0.5", "real", ""}), "a.jpg,0.5,real,\r\n");
+  EXPECT_EQ(dgs_detect::csv_cell("=SUM(A1).png"), "'=SUM(A1).png");
+  EXPECT_EQ(dgs_detect::csv_cell("'quoted"), "''quoted");
+  for (const char* start : {"+", "-", "@", "\t"}) EXPECT_EQ(dgs_detect::csv_cell(std::string(start) + "x")[0], '\'');
+  EXPECT_EQ(dgs_detect::csv_cell("\rx"), "\"'\rx\"");
+  EXPECT_EQ(dgs_detect::csv_cell("a, \"b\".jpg"), "\"a, \"\"b\"\".jpg\"");
+  EXPECT_EQ(dgs_detect::csv_cell("line\nbreak"), "\"line\nbreak\"");
+  EXPECT_EQ(dgs_detect::csv_cell("x=1;y"), "x=1;y");
 }
 
 }  // namespace
