@@ -163,7 +163,8 @@ std::pair<std::string, std::string> choose_backend(const Manifest& manifest, con
   std::vector<std::string> names, variants;
   for (const BackendKind* kind : candidates) names.push_back(kind->name);
   for (const auto& variant : manifest.variants) variants.push_back(variant.precision);
-  std::string wanted = precision != "auto" ? "the '" + precision + "' variant" : "its variants (" + joined(variants) + ")";
+  std::string wanted =
+      precision != "auto" ? "the '" + precision + "' variant" : "its variants (" + joined(variants) + ")";
   throw Error(Status::backend_unavailable,
               (package.empty() ? "" : package + ": ") + "no available backend (" + joined(names) + ") runs " + wanted);
 }

@@ -458,7 +458,9 @@ TEST(Detector, AModelThatCannotScoreAGreyImageIsRefusedAtLoad) {
   REQUIRE_FIXTURES();
   auto package = dgs::ModelPackage::load(package_path("clip"));
   auto size = package.manifest().preprocess.size;
-  auto e = error_of([&] { dgs::Detector d(std::move(package), std::make_unique<AlwaysInfinite>(size, std::nullopt, 32)); });
+  auto e = error_of([&] {
+    dgs::Detector d(std::move(package), std::make_unique<AlwaysInfinite>(size, std::nullopt, 32));
+  });
   EXPECT_EQ(e.status(), Status::model_package);
   EXPECT_TRUE(contains(e.what(), "gives a non-finite logit (inf) for a grey image")) << e.what();
 }
