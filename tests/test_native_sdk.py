@@ -150,11 +150,15 @@ def test_entropies_agree_with_numpy_on_photos(photos, patch_size):
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.transform}-{s.size}-{s.patch_size}-{s.small_images}")
 def test_preprocess_batch_is_identical_with_and_without_the_module(monkeypatch, photos, spec):
-    pytest.importorskip("dgs_native")
+    dgs_native = pytest.importorskip("dgs_native")
     # The photos as they are, a strided view (not C-contiguous) and a crop smaller than the mosaic.
     images = [*photos.values(), photos["hubble_deep_field"][::2, ::3], photos["coffee"][50:150, 100:190]]
-    assert native.module() is not None
+    calls = []
+    entropies = dgs_native.patch_entropies
+    monkeypatch.setattr(dgs_native, "patch_entropies", lambda image, p: calls.append(p) or entropies(image, p))
+    assert native.module() is dgs_native
     with_module = preprocess_batch(images, spec)
+    assert len(calls) == (len(images) if spec.transform == "patch-select" else 0)
     monkeypatch.setenv("DGS_NATIVE", "0")
     assert native.module() is None
     without = preprocess_batch(images, spec)
