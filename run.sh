@@ -58,7 +58,10 @@ setup_native() {
     echo "native core: not built (see the README for its build packages); the SDK runs without it" >&2; return
   fi
   if ! native_toolchain; then echo "native core: not built; the SDK runs without it" >&2; return; fi
-  "$PY" -m pip install --quiet ./cpp_bindings
+  # Built with the venv's build tools (cpp_bindings/pyproject.toml's build-system.requires), not in a fresh isolated
+  # environment each time: nanobind's path then stays the same and only the C++ files that changed compile again.
+  "$PY" -m pip install --quiet "scikit-build-core>=0.10" "nanobind>=2.4"
+  "$PY" -m pip install --quiet --no-build-isolation ./cpp_bindings
   touch "$stamp"
 }
 
