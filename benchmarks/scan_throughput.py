@@ -119,12 +119,13 @@ def native_compare(model: torch.nn.Module, images: int, batch_size: int, rounds:
     median = statistics.median
     print(header(f"dgs scan with and without the native core, {images} JPEGs of 512-1024 px, patch-select "
                  f"dgs-tiny-vit"))
-    print(f"{status}; medians of {rounds} alternating rounds, results identical\n")
+    print(f"{status}; medians (and best) of {rounds} alternating rounds; the scans' results are identical\n")
     print(f"| dgs scan, patch-select, batch {batch_size} | images / s | CPU ms / image | patch selection alone, "
           "ms / image |")
     print("|---|---|---|---|")
     for on, name in ((False, "numpy entropies (DGS_NATIVE=0)"), (True, "native core")):
-        print(f"| {name} | {median(rates[on]):.1f} | {median(cpu_ms[on]):.1f} | {median(select_ms[on]):.2f} |")
+        print(f"| {name} | {median(rates[on]):.1f} ({max(rates[on]):.1f}) | {median(cpu_ms[on]):.1f} "
+              f"({min(cpu_ms[on]):.1f}) | {median(select_ms[on]):.2f} ({min(select_ms[on]):.2f}) |")
     print(f"\nscan speed-up: {median(rates[True]) / median(rates[False]):.2f}x; patch selection alone: "
           f"{median(select_ms[False]) / median(select_ms[True]):.1f}x ({os.cpu_count()} cores; rounds, images/s: "
           f"native {', '.join(f'{x:.0f}' for x in rates[True])}; numpy {', '.join(f'{x:.0f}' for x in rates[False])})")

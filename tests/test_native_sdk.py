@@ -93,6 +93,23 @@ def test_info_when_not_installed(absent):
     assert info_line() == "native core not installed: pip install ./cpp_bindings"
 
 
+@pytest.mark.parametrize("failure", [
+    "raise ImportError('libopencv_core.so.406: cannot open shared object file: No such file or directory')",
+    "import dgs_native_dependency_that_is_missing",
+])
+def test_a_module_that_cannot_be_loaded_is_reported(monkeypatch, tmp_path, photos, failure):
+    # A dgs_native found first on the path whose import fails as a build fails that lost a shared library.
+    (tmp_path / "dgs_native.py").write_text(failure + "\n")
+    monkeypatch.delitem(sys.modules, "dgs_native", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert native.module() is None
+    line = info_line()
+    assert line.startswith("native core cannot be loaded (") and line.endswith("reinstall it with pip install "
+                                                                               "./cpp_bindings")
+    assert ("libopencv_core.so.406" if "libopencv" in failure else "dgs_native_dependency_that_is_missing") in line
+    assert preprocess_batch([photos["rocket"]], PreprocessSpec.patch_select()).shape == (1, 3, 224, 224)
+
+
 def test_a_module_of_another_interface_is_refused(monkeypatch, photos):
     fake_module(monkeypatch, API=native.API + 1)
     assert native.module() is None
