@@ -6,12 +6,17 @@
 
 The model is `dgs-tiny-vit` with seeded random weights (no weights can be downloaded): what is measured is
 the pipeline around the model, which is where a tiny model spends its time.
+
+With ``--native-compare``: `dgs scan` of the same folder with a `patch-select` package, with the native core
+(dgs_native, `pip install ./cpp_bindings`) and without it (``DGS_NATIVE=0``), in alternating rounds of one run; and
+patch selection alone over the decoded images, both ways. Only the patch entropies differ between the two.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +27,7 @@ import torch
 
 from _common import header, photos
 from dgs_export import export_package
-from dgs_sdk import Detector, PreprocessSpec
+from dgs_sdk import Detector, PreprocessSpec, native
 from dgs_sdk.image import load_image
 from dgs_sdk.preprocess import crop_image, normalize
 from dgs_sdk.scan import ScanConfig, scan
@@ -65,14 +70,81 @@ def naive_loop(model: torch.nn.Module, paths: list[Path]) -> list[float]:
     return out
 
 
+def set_native(on: bool) -> None:
+    """Use the native core from now on, or not (what ``DGS_NATIVE=0`` does for a whole process)."""
+    os.environ["DGS_NATIVE"] = "1" if on else "0"
+    assert (native.module() is not None) == on, native.status()
+
+
+def native_compare(model: torch.nn.Module, images: int, batch_size: int, rounds: int) -> None:
+    """`dgs scan` with and without the native core, same folder, alternating rounds; then patch selection alone."""
+    if native.module() is None:
+        raise SystemExit(f"--native-compare needs the native core: {native.status()}")
+    status = native.status()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        folder = tmp / "photos"
+        folder.mkdir()
+        paths = make_folder(folder, images)
+        spec = PreprocessSpec.patch_select()
+        package = export_package(model, tmp / "tiny-patch.dgs", spec, photos()[:2])
+        rates: dict[bool, list[float]] = {True: [], False: []}
+        cpu_ms: dict[bool, list[float]] = {True: [], False: []}
+        tables: dict[bool, str] = {}
+        for r in range(rounds):
+            for on in ((True, False) if r % 2 == 0 else (False, True)):
+                set_native(on)
+                out = tmp / f"scan-{on}.csv"
+                config = ScanConfig(paths=[str(folder)], model=str(package), out=str(out),
+                                    batch_size=batch_size, progress=False, overwrite=True)
+                cpu = time.process_time()
+                summary = scan(config)
+                cpu_ms[on].append((time.process_time() - cpu) * 1e3 / images)
+                assert summary.scored == images, summary.line()
+                rates[on].append(summary.images_per_second)
+                tables[on] = out.read_text()
+        assert tables[True] == tables[False], "the native core changed the scan's results"
+        # Patch selection alone (no decoding, no inference), on the decoded images.
+        decoded = [load_image(str(p)) for p in paths]
+        select_ms: dict[bool, list[float]] = {True: [], False: []}
+        for r in range(rounds):
+            for on in ((True, False) if r % 2 == 0 else (False, True)):
+                set_native(on)
+                start = time.perf_counter()
+                for image in decoded:
+                    crop_image(image, spec)
+                select_ms[on].append((time.perf_counter() - start) * 1e3 / images)
+    os.environ.pop("DGS_NATIVE")
+
+    median = statistics.median
+    print(header(f"dgs scan with and without the native core, {images} JPEGs of 512-1024 px, patch-select "
+                 f"dgs-tiny-vit"))
+    print(f"{status}; medians (and best) of {rounds} alternating rounds; the scans' results are identical\n")
+    print(f"| dgs scan, patch-select, batch {batch_size} | images / s | CPU ms / image | patch selection alone, "
+          "ms / image |")
+    print("|---|---|---|---|")
+    for on, name in ((False, "numpy entropies (DGS_NATIVE=0)"), (True, "native core")):
+        print(f"| {name} | {median(rates[on]):.1f} ({max(rates[on]):.1f}) | {median(cpu_ms[on]):.1f} "
+              f"({min(cpu_ms[on]):.1f}) | {median(select_ms[on]):.2f} ({min(select_ms[on]):.2f}) |")
+    print(f"\nscan speed-up: {median(rates[True]) / median(rates[False]):.2f}x; patch selection alone: "
+          f"{median(select_ms[False]) / median(select_ms[True]):.1f}x ({os.cpu_count()} cores; rounds, images/s: "
+          f"native {', '.join(f'{x:.0f}' for x in rates[True])}; numpy {', '.join(f'{x:.0f}' for x in rates[False])})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--native-compare", action="store_true",
+                        help="dgs scan of a patch-select package with and without the native core, instead")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of --native-compare")
     args = parser.parse_args()
 
     torch.manual_seed(0)
     model = build_image_detector("dgs-tiny-vit", pretrained="none").eval()
+    if args.native_compare:
+        native_compare(model, args.images, args.batch_size, args.rounds)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         paths = make_folder(tmp, args.images)

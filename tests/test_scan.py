@@ -392,7 +392,7 @@ def test_version():
     assert result.exit_code == 0 and dgs_sdk.__version__ in result.stdout
 
 
-def test_info_lists_versions_providers_and_native_extension():
+def test_info_lists_versions_providers_and_native_core():
     result = run_cli("info")
     assert result.exit_code == 0, result.output
     text = result.stdout
@@ -400,7 +400,7 @@ def test_info_lists_versions_providers_and_native_extension():
     assert f"python {platform.python_version()}" in text
     assert f"numpy: {np.__version__}" in text
     assert "onnxruntime" in text and "CPUExecutionProvider" in text
-    assert "native extension: not built" in text
+    assert "native core " in text
 
 
 # --- a real process -------------------------------------------------------------------------------------------------

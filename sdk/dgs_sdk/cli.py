@@ -12,7 +12,7 @@ from importlib import metadata
 
 import click
 
-from . import __version__
+from . import __version__, native
 from .backends import BACKENDS, available_backends
 from .bench_cli import bench_command
 from .engine_cache import describe_engines
@@ -164,7 +164,7 @@ def _version_of(distribution: str) -> str:
 @main.command()
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
 def info(model) -> None:
-    """Versions, inference backends, execution providers and the native extension; with MODEL, what a .dgs
+    """Versions, inference backends, execution providers and the native core; with MODEL, what a .dgs
     package holds (verified): its variants with their accuracy against fp32, and the one `auto` runs here."""
     if model:
         _package_info(model)
@@ -185,11 +185,7 @@ def info(model) -> None:
         from .backends.onnxruntime import OnnxRuntimeBackend
 
         click.echo("onnxruntime execution providers: " + ", ".join(OnnxRuntimeBackend.available_providers()))
-    try:
-        importlib.import_module("dgs_sdk._native")
-        click.echo("native extension: built")
-    except ImportError:
-        click.echo("native extension: not built")
+    click.echo(native.status())
     for line in describe_engines():
         click.echo(line)
 
