@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>
+#include <opencv2/core/utility.hpp>
 
 #include "bindings.hpp"
 #include "dgs/error.hpp"
@@ -20,43 +20,6 @@ namespace nb = nanobind;
 namespace {
 
 using RgbArray = nb::ndarray<const std::uint8_t, nb::shape<-1, -1, 3>, nb::c_contig, nb::device::cpu>;
-
-// The spec as PreprocessSpec.to_dict() writes it (json.dumps). Only the fields are read here: whether their values
-// make sense is PreprocessSpec::validate's concern.
-dgs::PreprocessSpec parse_spec(const std::string& text) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    throw dgs::Error(dgs::Status::invalid_argument, std::string("preprocess spec is not JSON: ") + e.what());
-  }
-  if (!j.is_object()) throw dgs::Error(dgs::Status::invalid_argument, "preprocess spec must be a JSON object");
-  dgs::PreprocessSpec spec;
-  auto field = [&](const char* key, auto& value) {
-    if (!j.contains(key)) return;
-    try {
-      j.at(key).get_to(value);
-    } catch (const nlohmann::json::exception&) {
-      throw dgs::Error(dgs::Status::invalid_argument, std::string("preprocess ") + key + " has the wrong type: " +
-                                                          j.at(key).dump());
-    }
-  };
-  for (const auto& item : j.items()) {
-    static const char* known[] = {"transform", "size", "mean", "std", "patch_size", "interpolation", "small_images"};
-    bool found = false;
-    for (const char* k : known) found = found || item.key() == k;
-    if (!found) throw dgs::Error(dgs::Status::invalid_argument, "preprocess spec has unknown key '" + item.key() + "'");
-  }
-  if (!j.contains("transform")) throw dgs::Error(dgs::Status::invalid_argument, "preprocess spec has no 'transform'");
-  field("transform", spec.transform);
-  field("size", spec.size);
-  field("mean", spec.mean);
-  field("std", spec.std);
-  field("patch_size", spec.patch_size);
-  field("interpolation", spec.interpolation);
-  field("small_images", spec.small_images);
-  return spec;
-}
 
 // A header over the caller's array (no copy); the array outlives the call.
 cv::Mat view(const RgbArray& image) {
@@ -102,9 +65,15 @@ void dgs::python::bind_preprocess(nb::module_& m) {
       "multiple-of-patch region, as dgs_sdk.preprocess.spectral_entropy gives them.");
 
   m.def(
+      "set_num_threads", [](int n) { cv::setNumThreads(n); }, nb::arg("n"),
+      "Threads the native core's OpenCV shares a large image's patch entropies among (cv::setNumThreads): 1 "
+      "keeps the work on the calling thread; a negative number restores OpenCV's default.");
+  m.def("num_threads", &cv::getNumThreads, "Threads the native core's OpenCV uses (cv::getNumThreads).");
+
+  m.def(
       "crop_image",
       [](RgbArray image, const std::string& spec_json) {
-        const dgs::PreprocessSpec spec = parse_spec(spec_json);
+        const dgs::PreprocessSpec spec = dgs::PreprocessSpec::from_json(spec_json);
         cv::Mat crop;
         {
           nb::gil_scoped_release release;
@@ -118,7 +87,7 @@ void dgs::python::bind_preprocess(nb::module_& m) {
   m.def(
       "preprocess",
       [](RgbArray image, const std::string& spec_json) {
-        const dgs::PreprocessSpec spec = parse_spec(spec_json);
+        const dgs::PreprocessSpec spec = dgs::PreprocessSpec::from_json(spec_json);
         const auto s = static_cast<std::size_t>(spec.size);
         auto tensor = std::make_unique<std::vector<float>>();
         {

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include <opencv2/core/utility.hpp>
 #include <opencv2/imgproc.hpp>
 
 #include "dgs/error.hpp"
@@ -29,6 +30,8 @@ constexpr double entropy_scale = 1e6;
 // each) stay in the L2 cache, and memory stays flat on huge images. 4 to 32 measured within noise of each other
 // on 1024x1024 photos.
 constexpr int patches_per_chunk = 8;
+// Images with fewer patches are done on the calling thread (a 224x224 mosaic-sized image has 49).
+constexpr std::int64_t min_patches_to_share = 256;
 // dgs_sdk's GRAY_WEIGHTS / 255.
 constexpr double gray_weight_r = 0.299 / 255.0, gray_weight_g = 0.587 / 255.0, gray_weight_b = 0.114 / 255.0;
 
@@ -291,13 +294,24 @@ std::vector<double> patch_entropies(const cv::Mat& rgb, int patch_size) {
   }
   const int p = patch_size, gh = rgb.rows / p, gw = rgb.cols / p;
   std::vector<double> entropies(static_cast<std::size_t>(gh) * gw);
-  EntropyBuffers buffers;
-  for (int i = 0; i < gh; ++i) {
-    for (int k = 0; k < gw; k += patches_per_chunk) {
-      const int c = std::min(patches_per_chunk, gw - k);
-      chunk_entropies(rgb(cv::Rect(k * p, i * p, c * p, p)), p, buffers,
-                      entropies.data() + static_cast<std::size_t>(i) * gw + k);
+  // Rows of patches are independent: OpenCV's thread pool shares them out (cv::setNumThreads, or
+  // OPENCV_FOR_THREADS_NUM, sets its size; 1 keeps everything on the calling thread). Each patch's arithmetic is
+  // the same on any thread, so the entropies do not depend on the number of threads.
+  const auto rows = [&](const cv::Range& range) {
+    EntropyBuffers buffers;
+    for (int i = range.start; i < range.end; ++i) {
+      for (int k = 0; k < gw; k += patches_per_chunk) {
+        const int c = std::min(patches_per_chunk, gw - k);
+        chunk_entropies(rgb(cv::Rect(k * p, i * p, c * p, p)), p, buffers,
+                        entropies.data() + static_cast<std::size_t>(i) * gw + k);
+      }
     }
+  };
+  // Below a few hundred patches, handing work to other threads costs more than it saves.
+  if (static_cast<std::int64_t>(gh) * gw < min_patches_to_share) {
+    rows(cv::Range(0, gh));
+  } else {
+    cv::parallel_for_(cv::Range(0, gh), rows);
   }
   return entropies;
 }

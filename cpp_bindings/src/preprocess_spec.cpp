@@ -152,8 +152,14 @@ void PreprocessSpec::validate() const {
 }
 
 PreprocessSpec PreprocessSpec::from_json(const std::string& json_text) {
+  json::Json document;
   try {
-    return preprocess_spec_from_json(json::parse(json_text));
+    document = json::parse(json_text);
+  } catch (const json::Invalid& e) {
+    throw Error(Status::invalid_argument, std::string("preprocess spec is not JSON: ") + e.what());
+  }
+  try {
+    return preprocess_spec_from_json(document);
   } catch (const json::Invalid& e) {
     throw Error(Status::invalid_argument, e.what());
   }
