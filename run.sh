@@ -81,6 +81,7 @@ case "${1:-}" in
   demo)  setup; "$VENV/bin/dgs" demo --workdir demo ;;
   test)  setup; "$PY" -m ruff check sdk trainer export tests benchmarks; test_native; "$PY" -m pytest ;;
   bench) setup; "$PY" benchmarks/patch_select.py; "$PY" benchmarks/scan_throughput.py; "$PY" benchmarks/package_load.py
+         if "$PY" -c "import dgs_native" 2>/dev/null; then "$PY" benchmarks/scan_throughput.py --native-compare; fi
          "$PY" benchmarks/real_size.py; "$PY" benchmarks/precision.py; "$PY" benchmarks/students.py
          # On a machine with an NVIDIA GPU: the GPU figures too.
          if "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
