@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -13,6 +14,15 @@ import numpy as np
 import pytest
 
 from dgs_sdk import PreprocessSpec
+
+
+def pytest_configure(config):
+    # ./run.sh test sets this when it built dgs_native: the native tests must then run, not skip.
+    if os.environ.get("DGS_REQUIRE_NATIVE") == "1":
+        try:
+            import dgs_native  # noqa: F401
+        except ImportError as error:
+            raise pytest.UsageError(f"DGS_REQUIRE_NATIVE=1 but dgs_native cannot be imported: {error}") from error
 
 
 def pytest_collection_modifyitems(config, items):
