@@ -50,18 +50,9 @@ dgs::EngineKey key_from(const nb::dict& fields) {
   return key;
 }
 
+// The key fields as a dict: the canonical JSON the key's digest is computed from, read back.
 nb::dict fields_of(const dgs::EngineKey& key) {
-  nb::dict out;
-  out["cache_format"] = dgs::engine_cache_format;
-  out["tensorrt"] = key.tensorrt;
-  out["gpu"] = key.gpu;
-  out["compute_capability"] = key.compute_capability;
-  out["cuda"] = key.cuda;
-  out["onnx_sha256"] = key.onnx_sha256;
-  out["precision"] = key.precision;
-  out["profile"] = key.profile.str();
-  out["workspace_mib"] = key.workspace_mib;
-  return out;
+  return nb::cast<nb::dict>(nb::module_::import_("json").attr("loads")(key.canonical_json()));
 }
 
 // The engine cache's lock, held from construction until release() (or the end of a with block).
