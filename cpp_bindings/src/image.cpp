@@ -1,10 +1,13 @@
 // Decoding into 8-bit RGB, mirroring dgs_sdk/image.py and the file reading of dgs_sdk/files.py: only regular files
 // are opened, sizes and pixels are bounded, and every error names the input as Python's messages do.
 //
-// Not ported (yet): dgs_sdk/headers.py's walk of each format's structure before decoding (JPEG segments and scans,
-// PNG chunks and the dropping of text chunks, GIF blocks, TIFF directories, WebP chunks) and the decoded-bytes and
-// bytes-per-pixel bounds it enforces, and the shared MemoryBudget. Here OpenCV's own pixel bound
-// (OPENCV_IO_MAX_IMAGE_PIXELS) and a check of the decoded size stand in.
+// Ported from the Python SDK: dgs_sdk/headers.py's walk of each format's structure before decoding (headers.cpp:
+// JPEG segments and scans, PNG chunks with the non-pixel ones dropped, GIF blocks, TIFF's first directory, WebP
+// chunks) with every bound of dgs_sdk/limits.py it enforces, and the shared MemoryBudget of dgs_sdk/memory.py
+// (dgs/memory_budget.hpp), reserved as image.py reserves it: the file's bytes, then what its header says decoding
+// takes. Two differences remain. Python's budget is held until the caller's transform of the image (preprocessing)
+// is done; here it is given back when the decoded image is returned. And GIF is refused after its walk: OpenCV
+// before 4.11 has no GIF decoder (Python's cv2 has one).
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -12,6 +15,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -21,20 +25,12 @@
 
 #include "dgs/error.hpp"
 #include "dgs/limits.hpp"
+#include "dgs/memory_budget.hpp"
 #include "dgs/preprocess.hpp"
+#include "headers.hpp"
 
 namespace dgs {
 namespace {
-
-// 1234567 -> "1,234,567", as Python's f"{n:,}".
-std::string thousands(long long n) {
-  std::string digits = std::to_string(n < 0 ? -n : n), out;
-  for (std::size_t i = 0; i < digits.size(); ++i) {
-    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
-    out += digits[i];
-  }
-  return n < 0 ? "-" + out : out;
-}
 
 Error unreadable(const std::string& name, const std::string& problem) {
   return Error(Status::unreadable_image, name + ": " + problem);
@@ -42,60 +38,13 @@ Error unreadable(const std::string& name, const std::string& problem) {
 
 // OpenCV 4.6 reads OPENCV_IO_MAX_IMAGE_PIXELS when libopencv_imgcodecs is loaded, so setting it here only helps
 // where the library is loaded later (dgs_native imported after dgs_sdk, which sets it too); like
-// dgs_sdk/__init__.py, a value the user set is kept. The sizes that declared_pixels reads, and the check after
-// decoding, hold the bound either way.
+// dgs_sdk/__init__.py, a value the user set is kept. The header walk, and the check after decoding, hold the bound
+// either way.
 void bound_opencv_pixels() {
   static std::once_flag once;
   std::call_once(once, [] {
     ::setenv("OPENCV_IO_MAX_IMAGE_PIXELS", std::to_string(limits::max_pixels).c_str(), 0);
   });
-}
-
-// sniff_format of dgs_sdk/headers.py: the formats dgs decodes, named by their first bytes.
-const char* sniff_format(const std::uint8_t* data, std::size_t size) {
-  auto starts = [&](const char* magic, std::size_t n) { return size >= n && std::memcmp(data, magic, n) == 0; };
-  if (starts("\xff\xd8\xff", 3)) return "JPEG";
-  if (starts("\x89PNG\r\n\x1a\n", 8)) return "PNG";
-  if (starts("GIF87a", 6) || starts("GIF89a", 6)) return "GIF";
-  if (size >= 12 && std::memcmp(data, "RIFF", 4) == 0 && std::memcmp(data + 8, "WEBP", 4) == 0) return "WebP";
-  if (starts("BM", 2)) return "BMP";
-  if (starts("II*\0", 4) || starts("MM\0*", 4) || starts("II+\0", 4) || starts("MM\0+", 4)) return "TIFF";
-  return nullptr;
-}
-
-std::uint32_t be16(const std::uint8_t* p) { return (std::uint32_t{p[0]} << 8) | p[1]; }
-std::uint32_t be32(const std::uint8_t* p) { return (be16(p) << 16) | be16(p + 2); }
-std::uint32_t le32(const std::uint8_t* p) {
-  return std::uint32_t{p[0]} | (std::uint32_t{p[1]} << 8) | (std::uint32_t{p[2]} << 16) | (std::uint32_t{p[3]} << 24);
-}
-
-// The pixel count a PNG, BMP or JPEG header declares, read before the decoder allocates anything; -1 where it is
-// not found here (other formats, or a header the decoder will refuse anyway). Not dgs_sdk/headers.py's walk:
-// only the size, so that a small file declaring a huge image is refused undecoded.
-long long declared_pixels(const std::string& fmt, const std::uint8_t* data, std::size_t size) {
-  if (fmt == "PNG" && size >= 24 && std::memcmp(data + 12, "IHDR", 4) == 0) {
-    return static_cast<long long>(be32(data + 16)) * be32(data + 20);
-  }
-  if (fmt == "BMP" && size >= 26) {
-    const auto width = static_cast<std::int32_t>(le32(data + 18)), height = static_cast<std::int32_t>(le32(data + 22));
-    return std::llabs(static_cast<long long>(width)) * std::llabs(static_cast<long long>(height));
-  }
-  if (fmt == "JPEG") {  // marker segments up to the first start-of-frame, which carries the size
-    std::size_t at = 2;
-    while (at + 4 <= size && data[at] == 0xFF) {
-      const std::uint8_t marker = data[at + 1];
-      if (marker == 0xFF) {  // fill byte
-        ++at;
-        continue;
-      }
-      const std::size_t length = be16(data + at + 2);
-      const bool sof = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
-      if (sof && at + 9 <= size) return static_cast<long long>(be16(data + at + 5)) * be16(data + at + 7);
-      if (marker == 0xDA || length < 2) break;  // scan data before any frame header: the decoder refuses it
-      at += 2 + length;
-    }
-  }
-  return -1;
 }
 
 // The last line of an OpenCV error, without surrounding blanks (as Python's str(e).strip().splitlines()[-1]).
@@ -149,8 +98,10 @@ cv::Mat to_rgb8(cv::Mat image, const std::string& name, bool bgr) {
   return rgb;
 }
 
-// read_regular of dgs_sdk/files.py: a regular file of at most `max_bytes`, refused unopened otherwise.
-std::vector<std::uint8_t> read_regular(const std::string& name, long long max_bytes) {
+// read_regular of dgs_sdk/files.py: a regular file of at most `max_bytes`, refused unopened otherwise. `reserve` is
+// called with its size before anything is read (to account for the memory).
+std::vector<std::uint8_t> read_regular(const std::string& name, long long max_bytes,
+                                       const std::function<void(std::int64_t)>& reserve) {
   struct stat st {};
   if (::stat(name.c_str(), &st) != 0) {
     const int error = errno;
@@ -188,6 +139,7 @@ std::vector<std::uint8_t> read_regular(const std::string& name, long long max_by
       opened.st_size > max_bytes) {
     throw unreadable(name, "changed while it was being opened");
   }
+  reserve(static_cast<std::int64_t>(opened.st_size));
   // No more than the size at opening: a file that grows meanwhile is read as it was.
   std::vector<std::uint8_t> data(static_cast<std::size_t>(opened.st_size));
   std::size_t done = 0;
@@ -208,35 +160,30 @@ std::vector<std::uint8_t> read_regular(const std::string& name, long long max_by
 // which would read as a corrupt file.
 constexpr bool opencv_has_gif = CV_VERSION_MAJOR > 4 || (CV_VERSION_MAJOR == 4 && CV_VERSION_MINOR >= 11);
 
-}  // namespace
-
-cv::Mat decode_bytes(const std::uint8_t* data, std::size_t size, const std::string& name) {
-  if (data == nullptr && size > 0) throw Error(Status::invalid_argument, name + ": no data (a null pointer)");
+// _decode of dgs_sdk/image.py: `data` checked, its header walked, and decoded while `reservation` holds the file,
+// the copy of a PNG without its text chunks, the decoder's buffer and the RGB copy.
+cv::Mat decode(const std::uint8_t* data, std::size_t size, const std::string& name, Reservation& reservation) {
   if (size == 0) throw unreadable(name, "empty file (0 bytes)");
-  if (size > static_cast<std::size_t>(limits::max_file_bytes)) {
-    throw unreadable(name, "file too large (" + thousands(static_cast<long long>(size)) + " bytes; the limit is " +
-                               thousands(limits::max_file_bytes) + ")");
-  }
-  const char* format = sniff_format(data, size);
-  if (format == nullptr) throw unreadable(name, "not an image in a supported format (JPEG, PNG, GIF, WebP, BMP, TIFF)");
-  const std::string fmt = format;
+  std::vector<std::uint8_t> pixels_only;
+  const ImageHeader header = read_header(data, size, name, pixels_only);
+  const std::string& fmt = header.format;
   if (fmt == "GIF" && !opencv_has_gif) {
     throw unreadable(name, "GIF cannot be decoded by the native core's OpenCV (" CV_VERSION "; GIF needs 4.11 or later)");
   }
-  if (declared_pixels(fmt, data, size) > limits::max_pixels) {
-    throw Error(Status::image_too_large, name + ": image too large (over " + thousands(limits::max_pixels) +
-                                             " pixels; a decompression bomb?)");
-  }
+  // Each term is at most 3 x max_decoded_bytes or max_file_bytes: no overflow.
+  reservation.resize(static_cast<std::int64_t>(size + pixels_only.size()) + 2 * header.decoded_bytes());
   bound_opencv_pixels();
+  const std::uint8_t* encoded = pixels_only.empty() ? data : pixels_only.data();
+  const std::size_t encoded_size = pixels_only.empty() ? size : pixels_only.size();
   // JPEG is 8-bit without alpha: decoded to colour directly (grey and CMYK converted), BGR in OpenCV 4.6 which has
   // no IMREAD_COLOR_RGB. Other formats come unchanged (16-bit, alpha, grey) and to_rgb8 brings them to 8-bit RGB.
   const bool jpeg = fmt == "JPEG";
   const int flags = jpeg ? (cv::IMREAD_COLOR | cv::IMREAD_IGNORE_ORIENTATION) : cv::IMREAD_UNCHANGED;
   cv::Mat decoded;
   try {
-    // A header over no copy of the caller's bytes; imdecode only reads them.
-    const cv::Mat encoded(1, static_cast<int>(size), CV_8U, const_cast<std::uint8_t*>(data));
-    decoded = cv::imdecode(encoded, flags);
+    // A header over no copy of the bytes; imdecode only reads them.
+    const cv::Mat bytes(1, static_cast<int>(encoded_size), CV_8U, const_cast<std::uint8_t*>(encoded));
+    decoded = cv::imdecode(bytes, flags);
   } catch (const cv::Exception& e) {
     const std::string what = e.what();
     if (what.find("MAX_IMAGE_PIXELS") != std::string::npos || what.find("validateInputImageSize") != std::string::npos) {
@@ -251,9 +198,24 @@ cv::Mat decode_bytes(const std::uint8_t* data, std::size_t size, const std::stri
   return to_rgb8(decoded, name, /*bgr=*/true);
 }
 
-cv::Mat decode_file(const std::string& path) {
-  const std::vector<std::uint8_t> data = read_regular(path, limits::max_file_bytes);
-  return decode_bytes(data.data(), data.size(), path);
+}  // namespace
+
+cv::Mat decode_bytes(const std::uint8_t* data, std::size_t size, const std::string& name, MemoryBudget* budget) {
+  if (data == nullptr && size > 0) throw Error(Status::invalid_argument, name + ": no data (a null pointer)");
+  if (size > static_cast<std::size_t>(limits::max_file_bytes)) {
+    throw unreadable(name, "file too large (" + thousands(size) + " bytes; the limit is " +
+                               thousands(limits::max_file_bytes) + ")");
+  }
+  Reservation reservation(budget != nullptr ? *budget : default_decode_budget(), static_cast<std::int64_t>(size));
+  return decode(data, size, name, reservation);
+}
+
+cv::Mat decode_file(const std::string& path, MemoryBudget* budget) {
+  Reservation reservation(budget != nullptr ? *budget : default_decode_budget());
+  // The file's bytes count against the budget before they are read.
+  const std::vector<std::uint8_t> data =
+      read_regular(path, limits::max_file_bytes, [&](std::int64_t bytes) { reservation.resize(bytes); });
+  return decode(data.data(), data.size(), path, reservation);
 }
 
 cv::Mat rgb_image(const std::uint8_t* data, int width, int height, std::size_t stride, const std::string& name) {

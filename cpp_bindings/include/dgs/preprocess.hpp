@@ -28,10 +28,15 @@ struct PreprocessSpec {
   static PreprocessSpec from_json(const std::string& json_text);
 };
 
+class MemoryBudget;
+
 // Decoding: 8-bit RGB, EXIF orientation ignored, 16-bit scaled with rounding, grey replicated, alpha dropped.
-// File size, pixel count and decoded bytes are bounded (dgs/limits.hpp); errors name `name` (or the path).
-cv::Mat decode_file(const std::string& path);
-cv::Mat decode_bytes(const std::uint8_t* data, std::size_t size, const std::string& name);
+// What decoding may cost is bounded before any pixel is decoded (file size, then each format's structure, pixels
+// and decoded bytes as its header declares them; dgs/limits.hpp); errors name `name` (or the path). Each decode
+// waits for its share of `budget` (dgs/memory_budget.hpp; the process's default_decode_budget() when null).
+cv::Mat decode_file(const std::string& path, MemoryBudget* budget = nullptr);
+cv::Mat decode_bytes(const std::uint8_t* data, std::size_t size, const std::string& name,
+                     MemoryBudget* budget = nullptr);
 // A caller's buffer of 8-bit RGB pixels (`stride` bytes per row, 0 = width * 3), copied.
 cv::Mat rgb_image(const std::uint8_t* data, int width, int height, std::size_t stride, const std::string& name);
 
