@@ -91,6 +91,21 @@ def test_links_out_of_the_scanned_folder_are_not_followed_by_default(tmp_path, l
         assert rows[str(folder / name)]["probability"] is None
 
 
+def test_a_chain_of_thousands_of_links_is_an_error_row_not_a_crash(tmp_path, linked_folder, clip_package):
+    folder, outside = linked_folder
+    (folder / "link0").symlink_to(outside / "secret.png")
+    for i in range(1, 3000):  # far past the kernel's 40 and os.path.realpath's recursion
+        (folder / f"link{i}").symlink_to(f"link{i - 1}")
+    (folder / "chain.png").symlink_to("link2999")
+    out = tmp_path / "r.csv"
+    result = scan(folder, "--model", clip_package, "--out", out)
+    assert result.exit_code == 1, result.output
+    error = rows_of(out)[str(folder / "chain.png")]["error"]
+    assert error == f"{folder / 'chain.png'}: symbolic link that cannot be resolved (Too many levels of symbolic " \
+                    "links); not followed"
+    assert rows_of(out)[str(folder / "inside.png")]["probability"] is not None
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
 def test_follow_symlinks_follows_them_and_still_never_opens_special_files(tmp_path, linked_folder, clip_package):
     folder, outside = linked_folder

@@ -234,6 +234,8 @@ def edit(field_path: str, value):
         pytest.param(edit("provenance", {"parity": {"diff": math.nan}}), "field 'provenance.parity.diff' is nan",
                      id="NaN in provenance"),
         pytest.param(edit("surprise", 1), r"unknown fields \['surprise'\]", id="unknown field"),
+        pytest.param(edit("provenance", {"runs": [{"scores": [0.5, math.inf]}]}),
+                     r"field 'provenance.runs\[0\].scores\[1\]' is inf", id="inf deep in provenance"),
     ],
 )
 def test_manifest_types_are_exact_and_errors_name_the_field(tmp_path, change, message):
@@ -242,6 +244,21 @@ def test_manifest_types_are_exact_and_errors_name_the_field(tmp_path, change, me
     manifest["files"] = {"model.onnx": {"sha256": hashlib.sha256(graph).hexdigest(), "size": len(graph)}}
     text = json.dumps(change(manifest)).encode()  # NaN and Infinity are written as the bare tokens
     refused(raw_package(tmp_path / "typed.dgs", text), message)
+
+
+def deep_and_wide_architecture(path: Path) -> Path:
+    """A package whose free-form architecture nests 200 objects under 2,000-character keys above 150,000 numbers:
+    under 1 MiB of manifest, but 60 GB if every number carried its own copy of the path above it."""
+    tree: object = [0] * 150_000
+    for level in range(200):
+        tree = {f"{level:04d}" + "k" * 1996: tree}
+    return raw_package(path, {"architecture": tree})
+
+
+def test_a_deep_and_wide_free_form_field_costs_memory_in_proportion_to_the_manifest(tmp_path):
+    path = deep_and_wide_architecture(tmp_path / "deep.dgs")
+    assert path.stat().st_size < 1024**2
+    assert ModelPackage.load(path).manifest.architecture
 
 
 @pytest.mark.parametrize(

@@ -347,3 +347,10 @@ def test_an_lzma_member_is_read_where_libzip_reads_lzma_and_refused_by_name_else
         assert "member 'labels.txt': compression method 14 is not supported" in python_like[1]
     else:
         assert python_like[1]["files"]["labels.txt"]["size"] == 500
+
+
+def test_a_deep_and_wide_free_form_field_is_read_by_both(tmp_path):
+    path = hostile.deep_and_wide_architecture(tmp_path / "deep.dgs")
+    python = outcome(lambda: read_manifest(path))
+    native = outcome(lambda: dgs_native.read_manifest(str(path)))
+    assert python[0] == native[0] == "ok", (python[0], native[0])

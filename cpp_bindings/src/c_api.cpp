@@ -52,9 +52,15 @@ dgs_status refuse(std::string& error, const std::string& message) noexcept {
   return DGS_INVALID_ARGUMENT;
 }
 
-// The results of a call that could not run at all: every row says why.
-void fail_all(dgs_result* results, std::size_t n, dgs_status status) {
+// The results of a call that could not run at all: every row says why, with the call's message.
+void fail_all(dgs_detector* d, dgs_result* results, std::size_t n, dgs_status status) noexcept {
   for (std::size_t i = 0; results && i < n; ++i) results[i] = dgs_result{0.0, 0, status};
+  if (!d || !results) return;
+  try {
+    d->result_errors.assign(n, d->last_error);
+  } catch (...) {  // no memory for the copies: the rows still have their status, and dgs_last_error the message
+    d->result_errors.clear();
+  }
 }
 
 // Copies a detect call's results out, keeping their messages for dgs_result_error.
@@ -72,6 +78,7 @@ dgs_status check_call(dgs_detector* detector, std::size_t n, const void* inputs,
                       const char* inputs_name) noexcept {
   if (!detector) return refuse(thread_error, "detector is NULL");
   detector->result_errors.clear();
+  detector->last_error.clear();
   if (n == 0) return DGS_OK;
   if (!inputs) return refuse(detector->last_error, std::string(inputs_name) + " is NULL with n > 0");
   if (!results) return refuse(detector->last_error, "results is NULL with n > 0");
@@ -127,7 +134,7 @@ const char* dgs_last_error(const dgs_detector* detector) {
 
 dgs_status dgs_detect_files(dgs_detector* detector, const char* const* paths, size_t n, dgs_result* results) {
   dgs_status status = check_call(detector, n, paths, results, "paths");
-  if (status != DGS_OK) fail_all(results, n, status);
+  if (status != DGS_OK) fail_all(detector, results, n, status);
   if (status != DGS_OK || n == 0) return status;
   status = guarded(detector->last_error, [&] {
     std::vector<std::string> list;
@@ -138,18 +145,19 @@ dgs_status dgs_detect_files(dgs_detector* detector, const char* const* paths, si
     }
     publish(detector, detector->detector.detect_files(list), results);
   });
-  if (status != DGS_OK) fail_all(results, n, status);
+  if (status != DGS_OK) fail_all(detector, results, n, status);
   return status;
 }
 
 dgs_status dgs_detect_encoded(dgs_detector* detector, const uint8_t* const* data, const size_t* sizes, size_t n,
                               dgs_result* results) {
   dgs_status status = check_call(detector, n, data, results, "data");
-  if (status != DGS_OK) fail_all(results, n, status);
+  if (status != DGS_OK) fail_all(detector, results, n, status);
   if (status != DGS_OK || n == 0) return status;
   if (!sizes) {
-    fail_all(results, n, DGS_INVALID_ARGUMENT);
-    return refuse(detector->last_error, "sizes is NULL with n > 0");
+    status = refuse(detector->last_error, "sizes is NULL with n > 0");
+    fail_all(detector, results, n, status);
+    return status;
   }
   status = guarded(detector->last_error, [&] {
     std::vector<dgs::EncodedImage> list;
@@ -163,13 +171,13 @@ dgs_status dgs_detect_encoded(dgs_detector* detector, const uint8_t* const* data
     }
     publish(detector, detector->detector.detect_encoded(list), results);
   });
-  if (status != DGS_OK) fail_all(results, n, status);
+  if (status != DGS_OK) fail_all(detector, results, n, status);
   return status;
 }
 
 dgs_status dgs_detect_rgb(dgs_detector* detector, const dgs_image* images, size_t n, dgs_result* results) {
   dgs_status status = check_call(detector, n, images, results, "images");
-  if (status != DGS_OK) fail_all(results, n, status);
+  if (status != DGS_OK) fail_all(detector, results, n, status);
   if (status != DGS_OK || n == 0) return status;
   status = guarded(detector->last_error, [&] {
     std::vector<dgs::RgbImage> list;
@@ -182,7 +190,7 @@ dgs_status dgs_detect_rgb(dgs_detector* detector, const dgs_image* images, size_
     }
     publish(detector, detector->detector.detect_rgb(list), results);
   });
-  if (status != DGS_OK) fail_all(results, n, status);
+  if (status != DGS_OK) fail_all(detector, results, n, status);
   return status;
 }
 

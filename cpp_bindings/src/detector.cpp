@@ -6,14 +6,17 @@
 
 #include <algorithm>
 #include <atomic>
+#include <exception>
 #include <cmath>
 #include <functional>
+#include <mutex>
 #include <new>
 #include <sstream>
 #include <thread>
 #include <utility>
 
 #include "dgs/limits.hpp"
+#include "dgs/memory_budget.hpp"
 #include "dgs/preprocess.hpp"
 
 namespace dgs {
@@ -45,22 +48,34 @@ double log_add_exp_zero(double x) {
 // dgs_sdk.sigmoid: exp(-logaddexp(0, -logit)) in double, stable for large magnitudes.
 double sigmoid(double logit) { return std::exp(-log_add_exp_zero(-logit)); }
 
-// Runs `task(i)` for i in [0, n) on up to `workers` threads; `task` must not throw.
+// Runs `task(i)` for i in [0, n) on up to `workers` threads (fewer when the system will not start more). The first
+// exception a task throws is rethrown here once every thread has stopped; the remaining tasks are skipped.
 void run_parallel(std::size_t n, int workers, const std::function<void(std::size_t)>& task) {
   std::size_t threads = std::min<std::size_t>(n, static_cast<std::size_t>(std::max(1, workers)));
-  if (threads <= 1) {
-    for (std::size_t i = 0; i < n; ++i) task(i);
-    return;
-  }
   std::atomic<std::size_t> next{0};
+  std::exception_ptr failure;
+  std::mutex failure_lock;
   auto work = [&] {
-    for (std::size_t i = next++; i < n; i = next++) task(i);
+    for (std::size_t i = next++; i < n; i = next++) {
+      try {
+        task(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> hold(failure_lock);
+        if (!failure) failure = std::current_exception();
+        next = n;
+      }
+    }
   };
   std::vector<std::thread> pool;
-  pool.reserve(threads - 1);
-  for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(work);
+  try {
+    pool.reserve(threads > 0 ? threads - 1 : 0);
+    for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(work);
+  } catch (const std::exception&) {
+    // std::system_error (EAGAIN) or bad_alloc: go on with the threads that started, and this one.
+  }
   work();
   for (auto& thread : pool) thread.join();
+  if (failure) std::rethrow_exception(failure);
 }
 
 // One input's way to a crop, and what became of it.
@@ -90,7 +105,11 @@ struct Detector::Impl {
   Prepared prepare(const std::string& name, Load&& load) const {
     Prepared p;
     try {
-      p.crop = crop_image(load(), spec);
+      // The decode's share of the memory budget is held until the crop is made, and the crop is copied out of
+      // the decoded image (a centre crop is a view of it), so what a batch keeps is its crops, not its images.
+      Reservation reservation(default_decode_budget());
+      const cv::Mat crop = crop_image(load(reservation), spec);
+      p.crop = crop.isSubmatrix() ? crop.clone() : crop;
     } catch (const Error& e) {
       p.status = e.status();
       p.error = named(name, e.what());
@@ -134,12 +153,12 @@ struct Detector::Impl {
 
   // Results of one batch of inputs; `load(i)` gives input i's decoded RGB image and `name(i)` its name.
   void run_batch(std::size_t first, std::size_t count, const std::function<std::string(std::size_t)>& name,
-                 const std::function<cv::Mat(std::size_t)>& load, std::vector<Result>& results) {
+                 const std::function<cv::Mat(std::size_t, Reservation&)>& load, std::vector<Result>& results) {
     std::vector<Prepared> prepared(count);
     std::vector<std::string> names(count);
     for (std::size_t j = 0; j < count; ++j) names[j] = name(first + j);
     run_parallel(count, workers, [&](std::size_t j) {
-      prepared[j] = prepare(names[j], [&] { return load(first + j); });
+      prepared[j] = prepare(names[j], [&](Reservation& reservation) { return load(first + j, reservation); });
     });
 
     std::vector<std::size_t> good;
@@ -176,7 +195,7 @@ struct Detector::Impl {
   }
 
   std::vector<Result> detect(std::size_t n, const std::function<std::string(std::size_t)>& name,
-                             const std::function<cv::Mat(std::size_t)>& load) {
+                             const std::function<cv::Mat(std::size_t, Reservation&)>& load) {
     std::vector<Result> results(n);
     for (std::size_t first = 0; first < n; first += static_cast<std::size_t>(batch_size)) {
       run_batch(first, std::min(n - first, static_cast<std::size_t>(batch_size)), name, load, results);
@@ -255,22 +274,23 @@ Detector& Detector::operator=(Detector&&) noexcept = default;
 
 std::vector<Result> Detector::detect_files(const std::vector<std::string>& paths) {
   return impl_->detect(
-      paths.size(), [&](std::size_t i) { return paths[i]; }, [&](std::size_t i) { return decode_file(paths[i]); });
+      paths.size(), [&](std::size_t i) { return paths[i]; },
+      [&](std::size_t i, Reservation& reservation) { return decode_file(paths[i], reservation); });
 }
 
 std::vector<Result> Detector::detect_encoded(const std::vector<EncodedImage>& images) {
   auto name = [](std::size_t i) { return "<bytes #" + std::to_string(i) + ">"; };
-  return impl_->detect(images.size(), name, [&](std::size_t i) {
+  return impl_->detect(images.size(), name, [&](std::size_t i, Reservation& reservation) {
     const EncodedImage& image = images[i];
     static const std::uint8_t nothing = 0;
     if (!image.data && image.size) throw Error(Status::invalid_argument, name(i) + ": data is a null pointer");
-    return decode_bytes(image.data ? image.data : &nothing, image.data ? image.size : 0, name(i));
+    return decode_bytes(image.data ? image.data : &nothing, image.data ? image.size : 0, name(i), reservation);
   });
 }
 
 std::vector<Result> Detector::detect_rgb(const std::vector<RgbImage>& images) {
   auto name = [](std::size_t i) { return "<rgb #" + std::to_string(i) + ">"; };
-  return impl_->detect(images.size(), name, [&](std::size_t i) {
+  return impl_->detect(images.size(), name, [&](std::size_t i, Reservation&) {  // the caller's pixels
     const RgbImage& image = images[i];
     if (!image.data) throw Error(Status::invalid_argument, name(i) + ": data is a null pointer");
     return rgb_image(image.data, image.width, image.height, image.stride, name(i));

@@ -5,9 +5,9 @@
 // JPEG segments and scans, PNG chunks with the non-pixel ones dropped, GIF blocks, TIFF's first directory, WebP
 // chunks) with every bound of dgs_sdk/limits.py it enforces, and the shared MemoryBudget of dgs_sdk/memory.py
 // (dgs/memory_budget.hpp), reserved as image.py reserves it: the file's bytes, then what its header says decoding
-// takes. Two differences remain. Python's budget is held until the caller's transform of the image (preprocessing)
-// is done; here it is given back when the decoded image is returned. And GIF is refused after its walk: OpenCV
-// before 4.11 has no GIF decoder (Python's cv2 has one).
+// takes; a caller that passes its own Reservation (the Detector does) keeps holding it while it preprocesses the
+// image, as Python does. One difference remains: GIF is refused after its walk, as OpenCV before 4.11 has no GIF
+// decoder (Python's cv2 has one).
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -200,22 +200,31 @@ cv::Mat decode(const std::uint8_t* data, std::size_t size, const std::string& na
 
 }  // namespace
 
-cv::Mat decode_bytes(const std::uint8_t* data, std::size_t size, const std::string& name, MemoryBudget* budget) {
+cv::Mat decode_bytes(const std::uint8_t* data, std::size_t size, const std::string& name, Reservation& reservation) {
   if (data == nullptr && size > 0) throw Error(Status::invalid_argument, name + ": no data (a null pointer)");
   if (size > static_cast<std::size_t>(limits::max_file_bytes)) {
     throw unreadable(name, "file too large (" + thousands(size) + " bytes; the limit is " +
                                thousands(limits::max_file_bytes) + ")");
   }
-  Reservation reservation(budget != nullptr ? *budget : default_decode_budget(), static_cast<std::int64_t>(size));
+  reservation.resize(static_cast<std::int64_t>(size));
   return decode(data, size, name, reservation);
 }
 
-cv::Mat decode_file(const std::string& path, MemoryBudget* budget) {
+cv::Mat decode_bytes(const std::uint8_t* data, std::size_t size, const std::string& name, MemoryBudget* budget) {
   Reservation reservation(budget != nullptr ? *budget : default_decode_budget());
+  return decode_bytes(data, size, name, reservation);
+}
+
+cv::Mat decode_file(const std::string& path, Reservation& reservation) {
   // The file's bytes count against the budget before they are read.
   const std::vector<std::uint8_t> data =
       read_regular(path, limits::max_file_bytes, [&](std::int64_t bytes) { reservation.resize(bytes); });
   return decode(data.data(), data.size(), path, reservation);
+}
+
+cv::Mat decode_file(const std::string& path, MemoryBudget* budget) {
+  Reservation reservation(budget != nullptr ? *budget : default_decode_budget());
+  return decode_file(path, reservation);
 }
 
 cv::Mat rgb_image(const std::uint8_t* data, int width, int height, std::size_t stride, const std::string& name) {

@@ -289,21 +289,45 @@ const Json& get(const Json& d, const std::string& key, unsigned kinds, const std
 }
 
 // _free_form: an object whose numbers must all be finite, walked as Python walks it (last pushed, first seen).
+// Each item keeps its parent container and its own label (".key" or "[i]"), not its whole path: a path is spelled
+// out only for the error, so deep nesting with long keys costs memory in proportion to the manifest, not to
+// depth times width.
 const Json& free_form(const Json& d, const std::string& key, const std::string& where = "") {
   static const Json empty = Json::object();
   const Json& value = get(d, key, object, where, &empty);
-  std::vector<std::pair<std::string, const Json*>> stack{{where + key, &value}};
+  struct Container {
+    std::size_t parent;  // index into `containers`, or `none`
+    std::string label;
+  };
+  struct Item {
+    std::size_t parent;
+    std::string label;
+    const Json* json;
+  };
+  constexpr std::size_t none = static_cast<std::size_t>(-1);
+  std::vector<Container> containers;
+  std::vector<Item> stack{{none, where + key, &value}};
   while (!stack.empty()) {
-    auto [at, item] = stack.back();
+    Item item = std::move(stack.back());
     stack.pop_back();
-    if (item->is_number_float() && !std::isfinite(item->get<double>())) {
-      throw json::Invalid("field " + json::repr_string(at) + " is " + json::repr_float(item->get<double>()) +
+    if (item.json->is_number_float() && !std::isfinite(item.json->get<double>())) {
+      std::vector<const std::string*> parts{&item.label};
+      for (std::size_t at = item.parent; at != none; at = containers[at].parent) parts.push_back(&containers[at].label);
+      std::string path;
+      for (auto part = parts.rbegin(); part != parts.rend(); ++part) path += **part;
+      throw json::Invalid("field " + json::repr_string(path) + " is " + json::repr_float(item.json->get<double>()) +
                           ", not a finite number");
     }
-    if (item->is_object()) {
-      for (const auto& [k, v] : item->items()) stack.emplace_back(at + "." + k, &v);
-    } else if (item->is_array()) {
-      for (std::size_t i = 0; i < item->size(); ++i) stack.emplace_back(at + "[" + std::to_string(i) + "]", &(*item)[i]);
+    if (item.json->is_object() || item.json->is_array()) {
+      const std::size_t here = containers.size();
+      containers.push_back({item.parent, std::move(item.label)});
+      if (item.json->is_object()) {
+        for (const auto& [k, v] : item.json->items()) stack.push_back({here, "." + k, &v});
+      } else {
+        for (std::size_t i = 0; i < item.json->size(); ++i) {
+          stack.push_back({here, "[" + std::to_string(i) + "]", &(*item.json)[i]});
+        }
+      }
     }
   }
   return value;

@@ -112,6 +112,10 @@ std::pair<std::string, std::string> split(const std::string& path) {
   return {head, tail};
 }
 
+// Links resolved for one path at the most, as the kernel's own limit (a longer chain cannot be opened: ELOOP); past
+// it the chain is treated as a loop. It also bounds the recursion below and its cost (each hop walks a path).
+constexpr std::size_t max_symlink_hops = 40;
+
 // posixpath._joinrealpath, not strict: links are resolved as far as they lead; a broken one ends where it points.
 bool join_realpath(std::string& path, std::string rest, std::map<std::string, std::optional<std::string>>& seen) {
   if (!rest.empty() && rest[0] == '/') {
@@ -145,6 +149,10 @@ bool join_realpath(std::string& path, std::string rest, std::map<std::string, st
         continue;
       }
       path = join(next, rest);  // a loop of links
+      return false;
+    }
+    if (seen.size() >= max_symlink_hops) {
+      path = join(next, rest);
       return false;
     }
     seen[next] = std::nullopt;
@@ -204,6 +212,11 @@ bool is_image_name(const std::string& name) {
 
 // An error target when `path` (a link) leads out of `root` (a real path).
 std::optional<Target> outside(const std::string& path, const std::string& root) {
+  // A chain of links longer than the kernel follows cannot be opened: reported as the kernel reports it.
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0 && errno == ELOOP) {
+    return Target{path, path + ": symbolic link that cannot be resolved (" + std::strerror(ELOOP) + "); not followed"};
+  }
   std::string target = realpath_of(path);
   if (inside(target, root)) return std::nullopt;
   return Target{path, path + ": symbolic link to " + target + ", outside the scanned folder " + root +
@@ -226,11 +239,22 @@ std::vector<Target> walk(const std::string& top, const WalkOptions& options) {
       found.push_back({folder, folder + ": folder cannot be read (" + std::strerror(errno) + ")"});
       continue;
     }
-    while (dirent* entry = readdir(dir)) {
+    int error = 0;
+    for (;;) {
+      errno = 0;
+      dirent* entry = readdir(dir);
+      if (!entry) {
+        error = errno;  // 0 at the end of the folder; else the listing stopped part-way
+        break;
+      }
       std::string name = entry->d_name;
       if (name != "." && name != "..") names.push_back(name);
     }
     closedir(dir);
+    if (error != 0) {
+      found.push_back({folder, folder + ": folder cannot be read (" + std::strerror(error) + ")"});
+      continue;
+    }
     if (!seen.insert({st.st_dev, st.st_ino}).second) continue;  // a folder reached again through a link
     std::sort(names.begin(), names.end());  // byte order: code point order for UTF-8, as Python sorts names
     std::vector<std::string> subfolders;
@@ -306,8 +330,15 @@ class Output {
       return;
     }
     if (!file_) {
-      temporary_ = out_ + "." + std::to_string(getpid()) + "-dgs-detect.tmp";
-      int fd = open(temporary_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      // A new file of an unpredictable name (mkstemp: O_EXCL), so a link planted beside `out` is never written
+      // through.
+      std::string name = out_ + ".XXXXXX";
+      int fd = mkostemp(name.data(), O_CLOEXEC);
+      if (fd >= 0) temporary_ = name;
+      if (fd >= 0 && fchmod(fd, 0644) != 0) {
+        close(fd);
+        fd = -1;
+      }
       file_ = fd >= 0 ? fdopen(fd, "wb") : nullptr;
       if (!file_) fail();
       put(header() + rows);

@@ -99,15 +99,24 @@ def _get(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: s
 def _free_form(d: Mapping[str, Any], key: str, where: str = "") -> dict[str, Any]:
     """An object whose content is free, except that every number in it must be finite (JSON has no NaN)."""
     value = _get(d, key, dict, where, {})
-    stack: list[tuple[str, Any]] = [(where + key, value)]
+    # Each item carries its container (a (parent, label) chain shared by its siblings) and its own label, not its
+    # whole path: the path is spelled out only for the error, so deep nesting with long keys costs memory in
+    # proportion to the manifest, not to depth times width.
+    stack: list[tuple[tuple | None, str, Any]] = [(None, where + key, value)]
     while stack:
-        where, item = stack.pop()
+        parent, label, item = stack.pop()
         if isinstance(item, float) and not math.isfinite(item):
-            raise ValueError(f"field {where!r} is {item}, not a finite number")
+            parts = [label]
+            while parent is not None:
+                parent, part = parent
+                parts.append(part)
+            raise ValueError(f"field {''.join(reversed(parts))!r} is {item}, not a finite number")
         if isinstance(item, dict):
-            stack.extend((f"{where}.{k}", v) for k, v in item.items())
+            container = (parent, label)
+            stack.extend((container, f".{k}", v) for k, v in item.items())
         elif isinstance(item, list):
-            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
+            container = (parent, label)
+            stack.extend((container, f"[{i}]", v) for i, v in enumerate(item))
     return value
 
 

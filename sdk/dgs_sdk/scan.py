@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import itertools
 import os
@@ -47,7 +48,18 @@ def _is_image_name(name: str) -> bool:
 
 def _outside(path: str, root: str) -> Target | None:
     """An error `Target` for ``path`` if it resolves out of ``root`` (a real path) through a link, else None."""
-    target = os.path.realpath(path)
+    # A chain of links longer than the kernel follows (40) cannot be opened, and resolving thousands of them would
+    # exhaust os.path.realpath's recursion: it is reported as the kernel reports it.
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return Target(path, f"{path}: symbolic link that cannot be resolved ({error.strerror}); not followed")
+    try:
+        target = os.path.realpath(path)
+    except RecursionError:  # the chain grew since the check above
+        return Target(path, f"{path}: symbolic link that cannot be resolved ({os.strerror(errno.ELOOP)}); "
+                            "not followed")
     if inside(target, root):
         return None
     return Target(path, f"{path}: symbolic link to {target}, outside the scanned folder {root}; not followed "

@@ -6,8 +6,8 @@
 backend, which computes what the fixtures' graphs compute) runs them with --backend test-mean. Their CSV files must
 list the same files in the same order, with the same labels, errors in the same rows and probabilities within the
 fixtures' tolerance, written the same way (quoting, CRLF, formula neutralisation, Python's float repr); their exit
-codes and summary counts must agree. The real dgs-detect, which has no backend that runs here, must exit 2 saying
-why.
+codes and summary counts must agree. The real dgs-detect must exit 2 saying why where it has no backend that runs
+(no TensorRT, or no GPU), and scan as dgs scan does where it has one.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,13 +151,31 @@ def main(dgs_detect: str, dgs_detect_test: str, fixtures: Path) -> None:
               f"{what}: exit code {native.returncode}, {stderr!r} (expected 2 and {says!r})")
         check(native.stdout == b"", f"{what}: wrote {native.stdout!r}")
 
-    # The real dgs-detect has no backend that runs here (no TensorRT, or no GPU for it).
+    # A chain of links longer than the kernel follows, thousands long: reported, as dgs scan reports it.
+    with tempfile.TemporaryDirectory() as folder:
+        chain = Path(folder) / "chain"
+        chain.mkdir()
+        (chain / "link0").symlink_to(Path(folder) / "outside.jpg")
+        for i in range(1, 3000):
+            (chain / f"link{i}").symlink_to(f"link{i - 1}")
+        (chain / "a.jpg").symlink_to("link2999")
+        python = dgs_scan([str(chain), "-m", clip], fixtures)
+        native = detect(dgs_detect_test, [clip, str(chain), "--backend", "test-mean"], fixtures)
+        compare(python, native, python.stdout, native.stdout, lambda path: expected["tolerance"], "a link chain")
+        check("cannot be resolved" in native.stdout.decode(), f"a link chain: {native.stdout!r}")
+
+    # The real dgs-detect: where it has no backend that runs (no TensorRT, or no GPU for it), exit code 2 saying
+    # why; where it has one, the folder scanned as dgs scan scans it.
     native = detect(dgs_detect, [clip, "photos"], fixtures)
     stderr = native.stderr.decode()
-    check(native.returncode == 2 and stderr.startswith("Error: no inference backend is available"),
-          f"dgs-detect without a backend: exit code {native.returncode}, {stderr!r}")
-    check("no TensorRT backend" in stderr or "tensorrt: " in stderr, f"says why TensorRT cannot run: {stderr!r}")
-    check("no ONNX Runtime backend" in stderr and "Python SDK" in stderr, f"points to the Python SDK: {stderr!r}")
+    if native.returncode == 2:
+        check(stderr.startswith("Error: no inference backend is available"),
+              f"dgs-detect without a backend: exit code {native.returncode}, {stderr!r}")
+        check("no TensorRT backend" in stderr or "tensorrt: " in stderr, f"says why TensorRT cannot run: {stderr!r}")
+        check("no ONNX Runtime backend" in stderr and "Python SDK" in stderr, f"points to the Python SDK: {stderr!r}")
+    else:
+        python = dgs_scan(["photos", "-m", clip], fixtures)
+        compare(python, native, python.stdout, native.stdout, tolerance_of, "dgs-detect with its own backend")
 
     if failures:
         sys.exit(f"{len(failures)} checks failed")

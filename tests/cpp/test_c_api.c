@@ -303,7 +303,12 @@ static void test_null_arguments(const expected_file* files) {
   CHECK(dgs_detect_files(detector, paths, 2, results) == DGS_INVALID_ARGUMENT, "a NULL path");
   CHECK(contains(dgs_last_error(detector), "paths[1]"), "%s", dgs_last_error(detector));
   CHECK(results[0].status == DGS_INVALID_ARGUMENT && results[1].status == DGS_INVALID_ARGUMENT, "rows say why");
+  CHECK(strcmp(dgs_result_error(detector, 0), dgs_last_error(detector)) == 0 &&
+            strcmp(dgs_result_error(detector, 1), dgs_last_error(detector)) == 0,
+        "each row of a call that could not run has the call's message: %s", dgs_result_error(detector, 1));
   CHECK(dgs_detect_encoded(detector, NULL, NULL, 0, NULL) == DGS_OK, "nothing to do");
+  CHECK(strcmp(dgs_last_error(detector), "") == 0, "a call with nothing to do clears the last error: %s",
+        dgs_last_error(detector));
   const uint8_t* data[1] = {NULL};
   size_t sizes[1] = {5};
   CHECK(dgs_detect_encoded(detector, data, NULL, 1, results) == DGS_INVALID_ARGUMENT, "NULL sizes");

@@ -7,6 +7,13 @@
  * Thread safety: distinct detectors may be used from distinct threads at once. One detector must not be used
  * by two threads at the same time (its last error and its results' messages are per detector). The message of
  * dgs_last_error(NULL) is per thread.
+ *
+ * Strings returned by the library are owned by it: dgs_last_error(detector) and dgs_result_error stay valid until
+ * the next call with that detector (or its destruction); dgs_last_error(NULL) until the calling thread's next call
+ * without a detector.
+ *
+ * Options: always start from dgs_options_init, then change fields. A zeroed struct is not the defaults: its
+ * threshold of 0 would label every image fake.
  */
 #ifndef DGS_H
 #define DGS_H

@@ -29,6 +29,7 @@ struct PreprocessSpec {
 };
 
 class MemoryBudget;
+class Reservation;
 
 // Decoding: 8-bit RGB, EXIF orientation ignored, 16-bit scaled with rounding, grey replicated, alpha dropped.
 // What decoding may cost is bounded before any pixel is decoded (file size, then each format's structure, pixels
@@ -37,6 +38,10 @@ class MemoryBudget;
 cv::Mat decode_file(const std::string& path, MemoryBudget* budget = nullptr);
 cv::Mat decode_bytes(const std::uint8_t* data, std::size_t size, const std::string& name,
                      MemoryBudget* budget = nullptr);
+// The same, growing the caller's `reservation`, which keeps holding the share after the call: while the caller
+// works on the image (preprocessing it), other decodes wait for the memory it takes.
+cv::Mat decode_file(const std::string& path, Reservation& reservation);
+cv::Mat decode_bytes(const std::uint8_t* data, std::size_t size, const std::string& name, Reservation& reservation);
 // A caller's buffer of 8-bit RGB pixels (`stride` bytes per row, 0 = width * 3), copied.
 cv::Mat rgb_image(const std::uint8_t* data, int width, int height, std::size_t stride, const std::string& name);
 
