@@ -75,6 +75,12 @@ test_native() {
   cmake -S . -B build/cpp -G Ninja -DCMAKE_BUILD_TYPE=Release -DDGS_TEST_PYTHON="$PWD/$PY" >/dev/null
   cmake --build build/cpp
   ctest --test-dir build/cpp --output-on-failure
+  # Again under AddressSanitizer and UndefinedBehaviorSanitizer: the hostile packages, headers and folders then
+  # fail on a bad read or an overflow, not only on a wrong answer.
+  cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDGS_SANITIZE=ON \
+    -DDGS_TEST_PYTHON="$PWD/$PY" >/dev/null
+  cmake --build build/asan
+  ctest --test-dir build/asan --output-on-failure
 }
 
 case "${1:-}" in

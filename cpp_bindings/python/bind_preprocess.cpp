@@ -3,6 +3,7 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
 
+#include <climits>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -23,6 +24,10 @@ using RgbArray = nb::ndarray<const std::uint8_t, nb::shape<-1, -1, 3>, nb::c_con
 
 // A header over the caller's array (no copy); the array outlives the call.
 cv::Mat view(const RgbArray& image) {
+  if (image.shape(0) > static_cast<std::size_t>(INT_MAX) || image.shape(1) > static_cast<std::size_t>(INT_MAX)) {
+    throw dgs::Error(dgs::Status::image_too_large, "an image of " + std::to_string(image.shape(1)) + "x" +
+                                                       std::to_string(image.shape(0)) + " pixels is too large");
+  }
   return cv::Mat(static_cast<int>(image.shape(0)), static_cast<int>(image.shape(1)), CV_8UC3,
                  const_cast<std::uint8_t*>(image.data()));
 }

@@ -483,11 +483,15 @@ ImageHeader tiff_header(const std::uint8_t* data, std::size_t size, const std::s
     } else if (tag == 257 && !have_height) {
       have_height = directory.value(k, 0, header.height);
     } else if (tag == 258 && !have_bits) {
-      // One value per sample; their count is at most max_tiff_values (checked above) for SHORT and LONG.
+      // One value per sample; at most max_tiff_values are read, whatever the field's type says (a BYTE field is
+      // not bounded above). A sample size is capped where it cannot overflow the sums below.
       std::uint64_t value = 0, most = 0;
-      for (std::uint64_t s = 0; directory.value(k, s, value); ++s) most = std::max(most, value);
+      for (std::uint64_t s = 0; s < static_cast<std::uint64_t>(limits::max_tiff_values) && directory.value(k, s, value);
+           ++s) {
+        most = std::max(most, value);
+      }
       have_bits = true;
-      if (most > 0) bits = most;
+      if (most > 0) bits = std::min<std::uint64_t>(most, std::uint64_t{1} << 32);
     }
   }
   if (!have_width || !have_height || header.width == 0 || header.height == 0) throw unreadable_header(name, "TIFF");

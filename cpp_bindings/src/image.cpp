@@ -16,7 +16,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -36,16 +35,9 @@ Error unreadable(const std::string& name, const std::string& problem) {
   return Error(Status::unreadable_image, name + ": " + problem);
 }
 
-// OpenCV 4.6 reads OPENCV_IO_MAX_IMAGE_PIXELS when libopencv_imgcodecs is loaded, so setting it here only helps
-// where the library is loaded later (dgs_native imported after dgs_sdk, which sets it too); like
-// dgs_sdk/__init__.py, a value the user set is kept. The header walk, and the check after decoding, hold the bound
-// either way.
-void bound_opencv_pixels() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    ::setenv("OPENCV_IO_MAX_IMAGE_PIXELS", std::to_string(limits::max_pixels).c_str(), 0);
-  });
-}
+// OPENCV_IO_MAX_IMAGE_PIXELS is not set here, as dgs_sdk sets it: OpenCV reads it when its imgcodecs library is
+// loaded, before this code runs, and setenv on a decoding thread would race with getenv on others. The header walk
+// bounds the pixels of every format before OpenCV sees the bytes, and the decoded size is checked after.
 
 // The last line of an OpenCV error, without surrounding blanks (as Python's str(e).strip().splitlines()[-1]).
 std::string last_line(const std::string& text) {
@@ -172,7 +164,6 @@ cv::Mat decode(const std::uint8_t* data, std::size_t size, const std::string& na
   }
   // Each term is at most 3 x max_decoded_bytes or max_file_bytes: no overflow.
   reservation.resize(static_cast<std::int64_t>(size + pixels_only.size()) + 2 * header.decoded_bytes());
-  bound_opencv_pixels();
   const std::uint8_t* encoded = pixels_only.empty() ? data : pixels_only.data();
   const std::size_t encoded_size = pixels_only.empty() ? size : pixels_only.size();
   // JPEG is 8-bit without alpha: decoded to colour directly (grey and CMYK converted), BGR in OpenCV 4.6 which has

@@ -137,7 +137,15 @@ struct Wire {
   std::string_view data;   // length-delimited payload
 };
 
-// The fields of one encoded message, in order; false when the bytes are not a message.
+// Fields one message may have. Each decoded field takes 32 bytes here where its encoding can take 2, so without a
+// bound a 2 GiB member of empty fields would take 32 GiB before any other check; exporters write tensors' numbers
+// packed (one field), so real graphs stay far below it (a ViT-L-14 has under 100,000 fields in all).
+constexpr std::size_t max_fields_per_message = std::size_t{1} << 22;
+
+struct TooManyFields {};
+
+// The fields of one encoded message, in order; false when the bytes are not a message. Throws TooManyFields past
+// max_fields_per_message.
 bool decode(std::string_view bytes, std::vector<Wire>& out) {
   out.clear();
   if (bytes.size() > static_cast<std::size_t>(INT_MAX)) return false;
@@ -178,6 +186,7 @@ bool decode(std::string_view bytes, std::vector<Wire>& out) {
       default:
         return false;  // an end-group without its start, or wire types 6 and 7
     }
+    if (out.size() == max_fields_per_message) throw TooManyFields{};
     out.push_back(field);
   }
 }
@@ -421,7 +430,14 @@ GraphInterface check_onnx_graph(const std::vector<std::uint8_t>& model_bytes, co
                                 const std::string& output_name, int size, const std::string& where) {
   auto fail = [&](const std::string& message) { return Error(Status::model_package, where + ": " + message); };
   std::string_view bytes(reinterpret_cast<const char*>(model_bytes.data()), model_bytes.size());
-  if (!parses(bytes)) throw fail("is not an ONNX model (Error parsing message with type 'onnx.ModelProto')");
+  bool parsed = false;
+  try {
+    parsed = parses(bytes);
+  } catch (const TooManyFields&) {
+    throw fail("has a protobuf message of more than " + json::group_digits(max_fields_per_message) +
+               " fields; refused (it would take too much memory to check)");
+  }
+  if (!parsed) throw fail("is not an ONNX model (Error parsing message with type 'onnx.ModelProto')");
   Message model{T::model, {bytes}};
   std::string tensor, location;
   if (external_tensor(model, tensor, location)) {

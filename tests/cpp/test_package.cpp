@@ -129,6 +129,24 @@ TEST(OnnxGraph, RefusesBytesThatAreNotAModel) {
             "([B, 3, 32, 32] float32)");
 }
 
+TEST(OnnxGraph, AMessageOfMillionsOfTinyFieldsIsRefusedBeforeItTakesGigabytes) {
+  // 5,000,000 unknown varint fields of 3 bytes each (field 1000, value 0): 15 MB that would decode to 160 MB, and
+  // a 2 GiB member of the same to 21 GiB.
+  std::vector<std::uint8_t> fields;
+  fields.reserve(15'000'000);
+  for (int i = 0; i < 5'000'000; ++i) fields.insert(fields.end(), {0xC0, 0x3E, 0x00});
+  const std::string error = error_of(
+      [&] { dgs::check_onnx_graph(fields, "image", "logit", 32, "m.dgs: model.onnx"); }, dgs::Status::model_package);
+  EXPECT_EQ(error, "m.dgs: model.onnx: has a protobuf message of more than 4,194,304 fields; refused (it would take "
+                   "too much memory to check)");
+  // Below the bound, the same fields are only unknown ones: the empty model is refused for its interface.
+  fields.resize(3 * 1000);
+  EXPECT_NE(error_of([&] { dgs::check_onnx_graph(fields, "image", "logit", 32, "m.dgs: model.onnx"); },
+                     dgs::Status::model_package)
+                .find("the graph's inputs are []"),
+            std::string::npos);
+}
+
 std::uint32_t crc32(const std::string& data) {
   std::uint32_t crc = 0xFFFFFFFFu;
   for (unsigned char byte : data) {
