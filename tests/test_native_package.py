@@ -176,6 +176,8 @@ def corpus() -> list[tuple[str, Callable[[Path], Path]]]:
         ("valid bzip2 member", stored_entry("labels.txt", b"real\nfake\n" * 50, zipfile.ZIP_BZIP2)),
         ("valid big integer in provenance", manifest_with(provenance={"seed": 10**40, "neg": -(10**40)})),
         ("valid tiny float", with_tokens({"provenance": {"x": "TOKEN"}}, "1e-400")),
+        ("integer of 4300 digits", with_tokens({"provenance": {"x": "TOKEN"}}, "-" + "7" * 4300)),
+        ("integer of 4301 digits", with_tokens({"provenance": {"x": "TOKEN"}}, "-" + "7" * 4301)),
         ("NaN token in accuracy", with_tokens({"model": {"format": "onnx", "variants": {"fp32": {
             "file": "model.onnx", "accuracy": {"auc": "TOKEN"}}}}}, "NaN")),
         ("-Infinity token in mean", with_tokens({"preprocess": {"transform": "clip", "size": 32, "mean": [

@@ -91,6 +91,10 @@ bool json_number(const std::string& token, bool& is_float_token) {
   return i == n;
 }
 
+// Python's int() refuses to convert more digits than this (sys.get_int_max_str_digits(), 4300 by default since
+// 3.11, 3.10.7 and 3.9.14), so its json module refuses such a document: so does this parser.
+constexpr std::size_t max_integer_digits = 4300;
+
 bool fits_64_bits(const std::string& digits) {
   errno = 0;
   char* end = nullptr;
@@ -150,6 +154,12 @@ std::string substitute_specials(const std::string& text, std::map<std::size_t, S
       std::string token = text.substr(i, j - i);
       bool is_float_token = false;
       if (json_number(token, is_float_token)) {
+        const std::size_t digits = token.size() - (token[0] == '-' ? 1 : 0);
+        if (!is_float_token && digits > max_integer_digits) {
+          throw Invalid("Exceeds the limit (" + std::to_string(max_integer_digits) + " digits) for integer string "
+                        "conversion: value has " + std::to_string(digits) +
+                        " digits; use sys.set_int_max_str_digits() to increase the limit");
+        }
         if (!is_float_token && !fits_64_bits(token)) {
           specials[numbers] = Special{true, std::strtod(token.c_str(), nullptr), token};
           token = "0";
