@@ -272,10 +272,10 @@ Detector::~Detector() = default;
 Detector::Detector(Detector&&) noexcept = default;
 Detector& Detector::operator=(Detector&&) noexcept = default;
 
-std::vector<Result> Detector::detect_files(const std::vector<std::string>& paths) {
+std::vector<Result> Detector::detect_files(const std::vector<std::string>& paths, const std::string& confine_root) {
   return impl_->detect(
       paths.size(), [&](std::size_t i) { return paths[i]; },
-      [&](std::size_t i, Reservation& reservation) { return decode_file(paths[i], reservation); });
+      [&](std::size_t i, Reservation& reservation) { return decode_file(paths[i], reservation, confine_root); });
 }
 
 std::vector<Result> Detector::detect_encoded(const std::vector<EncodedImage>& images) {

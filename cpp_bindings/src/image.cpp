@@ -90,9 +90,30 @@ cv::Mat to_rgb8(cv::Mat image, const std::string& name, bool bgr) {
   return rgb;
 }
 
-// read_regular of dgs_sdk/files.py: a regular file of at most `max_bytes`, refused unopened otherwise. `reserve` is
-// called with its size before anything is read (to account for the memory).
-std::vector<std::uint8_t> read_regular(const std::string& name, long long max_bytes,
+// Whether the real path `path` is `root` or lies under it (dgs_sdk.files.inside).
+bool inside(const std::string& path, const std::string& root) {
+  std::string prefix = root;
+  while (!prefix.empty() && prefix.back() == '/') prefix.pop_back();
+  return path == root || path.compare(0, prefix.size() + 1, prefix + "/") == 0;
+}
+
+// The real path of the file open at `fd`, from the kernel (dgs_sdk.files.opened_path); else from `name`.
+std::string opened_path(int fd, const std::string& name) {
+  char target[4096];
+  const std::string link = "/proc/self/fd/" + std::to_string(fd);
+  const ssize_t n = ::readlink(link.c_str(), target, sizeof target);
+  if (n > 0 && static_cast<std::size_t>(n) < sizeof target) return std::string(target, static_cast<std::size_t>(n));
+  char* real = ::realpath(name.c_str(), nullptr);
+  std::string out = real ? real : name;
+  std::free(real);
+  return out;
+}
+
+// read_regular of dgs_sdk/files.py: a regular file of at most `max_bytes`, refused unopened otherwise; with a
+// `root` (a real path), refused when the file actually opened lies outside it (a link swapped in after the folder
+// was listed), as for a ConfinedPath. `reserve` is called with its size before anything is read (to account for
+// the memory).
+std::vector<std::uint8_t> read_regular(const std::string& name, long long max_bytes, const std::string& root,
                                        const std::function<void(std::int64_t)>& reserve) {
   struct stat st {};
   if (::stat(name.c_str(), &st) != 0) {
@@ -130,6 +151,12 @@ std::vector<std::uint8_t> read_regular(const std::string& name, long long max_by
   if (::fstat(fd, &opened) != 0 || opened.st_dev != st.st_dev || opened.st_ino != st.st_ino ||
       opened.st_size > max_bytes) {
     throw unreadable(name, "changed while it was being opened");
+  }
+  if (!root.empty()) {
+    const std::string real = opened_path(fd, name);
+    if (!inside(real, root)) {
+      throw unreadable(name, "leads to " + real + ", outside the scanned folder " + root + "; not read");
+    }
   }
   reserve(static_cast<std::int64_t>(opened.st_size));
   // No more than the size at opening: a file that grows meanwhile is read as it was.
@@ -206,10 +233,10 @@ cv::Mat decode_bytes(const std::uint8_t* data, std::size_t size, const std::stri
   return decode_bytes(data, size, name, reservation);
 }
 
-cv::Mat decode_file(const std::string& path, Reservation& reservation) {
+cv::Mat decode_file(const std::string& path, Reservation& reservation, const std::string& confine_root) {
   // The file's bytes count against the budget before they are read.
-  const std::vector<std::uint8_t> data =
-      read_regular(path, limits::max_file_bytes, [&](std::int64_t bytes) { reservation.resize(bytes); });
+  const std::vector<std::uint8_t> data = read_regular(path, limits::max_file_bytes, confine_root,
+                                                      [&](std::int64_t bytes) { reservation.resize(bytes); });
   return decode(data.data(), data.size(), path, reservation);
 }
 

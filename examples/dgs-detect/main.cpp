@@ -467,6 +467,13 @@ int run(const Arguments& a) {
   }
   std::string scored_with = detector->backend_name() + ", " + detector->package().precision();
   std::vector<Target> targets = discover(a.folder, a.walk);
+  // Files found in a folder are read only where they lead inside it when opened (unless links may lead out), so a
+  // link swapped in after the listing is not followed; a file named on the command line is read where it leads.
+  std::string confine;
+  struct stat folder;
+  if (!a.walk.follow_symlinks && stat(a.folder.c_str(), &folder) == 0 && S_ISDIR(folder.st_mode)) {
+    confine = realpath_of(a.folder);
+  }
 
   auto started = std::chrono::steady_clock::now();
   Summary summary;
@@ -482,7 +489,7 @@ int run(const Arguments& a) {
     }
     std::vector<dgs::Result> results;
     try {
-      results = detector->detect_files(paths);
+      results = detector->detect_files(paths, confine);
     } catch (const dgs::Error& e) {  // the rows of earlier batches are written already
       throw UsageError{e.what()};
     }

@@ -5,6 +5,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <unistd.h>
+
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
@@ -418,6 +421,39 @@ TEST(Detector, BadInputsAreErrorRowsThatNeverStopTheOthers) {
   EXPECT_EQ(none[0].status, Status::unreadable_image);
   EXPECT_EQ(none[1].status, Status::invalid_argument);
   EXPECT_TRUE(detector.detect_files({}).empty());
+}
+
+TEST(Detector, AFileThatLeadsOutOfTheConfiningFolderWhenOpenedIsAnErrorRow) {
+  REQUIRE_FIXTURES();
+  dgs::Detector detector(package_path("clip"), mean_options(2));
+  char pattern[] = "/tmp/dgs-confined-XXXXXX";
+  ASSERT_NE(mkdtemp(pattern), nullptr);
+  const std::string folder = pattern, inside = folder + "/inside.png", link = folder + "/link.png";
+  {
+    const std::vector<std::uint8_t> bytes = read_bytes(photo("astronaut.png"));
+    FILE* out = std::fopen(inside.c_str(), "wb");
+    ASSERT_NE(out, nullptr);
+    ASSERT_EQ(std::fwrite(bytes.data(), 1, bytes.size(), out), bytes.size());
+    std::fclose(out);
+  }
+  char* real_photo = realpath(photo("astronaut.png").c_str(), nullptr);
+  ASSERT_NE(real_photo, nullptr);
+  ASSERT_EQ(symlink(real_photo, link.c_str()), 0);  // as if swapped in after the folder was listed
+  char* real_folder = realpath(folder.c_str(), nullptr);
+  const std::string root = real_folder;
+  auto confined = detector.detect_files({inside, link}, root);
+  auto free = detector.detect_files({inside, link});
+  std::remove(link.c_str());
+  std::remove(inside.c_str());
+  rmdir(folder.c_str());
+  EXPECT_EQ(confined[0].status, Status::ok) << confined[0].error;
+  EXPECT_EQ(confined[1].status, Status::unreadable_image);
+  EXPECT_EQ(confined[1].error, link + ": leads to " + real_photo + ", outside the scanned folder " + root +
+                                   "; not read");
+  EXPECT_EQ(free[1].status, Status::ok) << free[1].error;  // without a root, links are read where they lead
+  EXPECT_EQ(free[1].probability, confined[0].probability);
+  std::free(real_photo);
+  std::free(real_folder);
 }
 
 // A backend that gives a non-finite logit for bright images (a positive mean) and the mean for the others.

@@ -48,7 +48,8 @@ class Detector {
   Detector(Detector&&) noexcept;
   Detector& operator=(Detector&&) noexcept;
 
-  std::vector<Result> detect_files(const std::vector<std::string>& paths);
+  // With a `confine_root` (a real path), files that lead out of it when opened are error rows (see decode_file).
+  std::vector<Result> detect_files(const std::vector<std::string>& paths, const std::string& confine_root = "");
   std::vector<Result> detect_encoded(const std::vector<EncodedImage>& images);
   std::vector<Result> detect_rgb(const std::vector<RgbImage>& images);
 

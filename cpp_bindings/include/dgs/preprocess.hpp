@@ -39,8 +39,10 @@ cv::Mat decode_file(const std::string& path, MemoryBudget* budget = nullptr);
 cv::Mat decode_bytes(const std::uint8_t* data, std::size_t size, const std::string& name,
                      MemoryBudget* budget = nullptr);
 // The same, growing the caller's `reservation`, which keeps holding the share after the call: while the caller
-// works on the image (preprocessing it), other decodes wait for the memory it takes.
-cv::Mat decode_file(const std::string& path, Reservation& reservation);
+// works on the image (preprocessing it), other decodes wait for the memory it takes. With a `confine_root` (a real
+// path, such as the folder being scanned), a file whose opened real path lies outside it is refused: a symbolic
+// link swapped in after the folder was listed is not followed out of it.
+cv::Mat decode_file(const std::string& path, Reservation& reservation, const std::string& confine_root = "");
 cv::Mat decode_bytes(const std::uint8_t* data, std::size_t size, const std::string& name, Reservation& reservation);
 // A caller's buffer of 8-bit RGB pixels (`stride` bytes per row, 0 = width * 3), copied.
 cv::Mat rgb_image(const std::uint8_t* data, int width, int height, std::size_t stride, const std::string& name);
