@@ -21,22 +21,13 @@
 #include "dgs/memory_budget.hpp"
 #include "dgs/preprocess.hpp"
 #include "headers.hpp"
+#include "expect_error.hpp"
 
 namespace {
 
 using Bytes = std::vector<std::uint8_t>;
 
-// Runs `f`, expecting a dgs::Error of `status` whose message contains `part`.
-template <typename F>
-void expect_error(F f, dgs::Status status, const std::string& part) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected " << dgs::status_name(status) << " with '" << part << "'";
-  } catch (const dgs::Error& e) {
-    EXPECT_EQ(e.status(), status) << e.what();
-    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
-  }
-}
+using dgs::testing::expect_error;
 
 cv::Mat decode(const Bytes& data, const std::string& name = "<bytes>") {
   return dgs::decode_bytes(data.data(), data.size(), name);

@@ -18,6 +18,7 @@
 #include "dgs/limits.hpp"
 #include "dgs/preprocess.hpp"
 #include "preprocess_detail.hpp"
+#include "expect_error.hpp"
 
 namespace {
 
@@ -90,17 +91,7 @@ cv::Mat patch_at(const cv::Mat& image, int index) {
 }
 bool same(const cv::Mat& a, const cv::Mat& b) { return a.size() == b.size() && cv::norm(a, b, cv::NORM_INF) == 0; }
 
-// Runs `f`, expecting a dgs::Error of `status` whose message contains `part`.
-template <typename F>
-void expect_error(F f, dgs::Status status, const std::string& part) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected " << dgs::status_name(status) << " with '" << part << "'";
-  } catch (const dgs::Error& e) {
-    EXPECT_EQ(e.status(), status) << e.what();
-    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
-  }
-}
+using dgs::testing::expect_error;
 
 std::vector<std::uint8_t> encode(const std::string& ext, const cv::Mat& image) {
   std::vector<std::uint8_t> out;
