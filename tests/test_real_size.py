@@ -1,13 +1,14 @@
 """Exports at the size users deploy: ViT-B/16 models (random weights, 12 heads, so torch runs its fused attention
 kernel) as a plain detector, a LoRA-merged DGS-Net student and a MiraGe-prompted encoder, each exported, loaded
 through every check and scored by the SDK as torch scores them; and a graph refused once one of its real weights is
-moved to external data."""
+moved to external data, by the SDK and by the native core's package reader."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,7 +114,8 @@ def test_a_mirage_prompted_encoder_exports_and_scores_as_torch_does(vit_b_clip, 
     assert_scores_as_torch(export(model, tmp_path / "mirage.dgs", photos, "mirage"), model, photos)
 
 
-def test_a_vit_b_graph_with_one_weight_moved_to_external_data_is_refused(vit_b_package, tmp_path):
+def external_data_package(vit_b_package: Path, out: Path) -> tuple[Path, onnx.TensorProto]:
+    """The ViT-B package with its largest weight moved to external data naming /etc/passwd, and that weight."""
     with zipfile.ZipFile(vit_b_package) as zf:
         manifest = json.loads(zf.read(MANIFEST_NAME))
         model = onnx.load_model_from_string(zf.read("model.onnx"))
@@ -124,13 +126,31 @@ def test_a_vit_b_graph_with_one_weight_moved_to_external_data_is_refused(vit_b_p
     entry.key, entry.value = "location", "/etc/passwd"
     data = model.SerializeToString()
     manifest["files"]["model.onnx"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-    hostile = tmp_path / "hostile.dgs"
-    with zipfile.ZipFile(hostile, "w") as zf:
+    with zipfile.ZipFile(out, "w") as zf:
         zf.writestr(MANIFEST_NAME, json.dumps(manifest))
         zf.writestr("model.onnx", data)
+    return out, weight
+
+
+def test_a_vit_b_graph_with_one_weight_moved_to_external_data_is_refused(vit_b_package, tmp_path):
+    hostile, weight = external_data_package(vit_b_package, tmp_path / "hostile.dgs")
     with pytest.raises(ModelPackageError, match=f"tensor '{weight.name}' refers to external data"):
         Detector(hostile)
     assert np.prod(weight.dims) >= 768 * 768
+
+
+def test_the_native_reader_reads_and_refuses_vit_b_packages_as_python_does(vit_b_package, tmp_path):
+    dgs_native = pytest.importorskip("dgs_native")
+    from test_native_package import expected_dict
+
+    package = ModelPackage.load(vit_b_package)
+    expected = expected_dict(package.manifest, vit_b_package)
+    expected.update(precision=package.manifest.default_precision, model_sha256=package.model_sha256,
+                    batch=package.fixed_batch)
+    assert dgs_native.load_package(str(vit_b_package)) == expected
+    hostile, weight = external_data_package(vit_b_package, tmp_path / "hostile.dgs")
+    with pytest.raises(dgs_native.ModelPackageError, match=f"tensor '{weight.name}' refers to external data"):
+        dgs_native.load_package(str(hostile))
 
 
 def test_a_vit_b_int8_cpu_variant_is_what_auto_runs_on_cpu_and_tracks_float32(vit_b_package, photos, tmp_path):
