@@ -18,7 +18,7 @@ setup_python() {
   fi
   "$PYTHON" -m venv "$VENV"
   "$PY" -m pip install --quiet --upgrade pip
-  "$PY" -m pip install --quiet -e ".[train,export,quantize,dev]"
+  "$PY" -m pip install --quiet -e ".[train,export,quantize,report,provenance,dev]"
   touch "$VENV/.installed"
 }
 
