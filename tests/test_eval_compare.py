@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -154,12 +155,12 @@ def test_options_and_errors(tmp_path, monkeypatch, run, exported, clip_package, 
     assert tta.exit_code == 2 and "--tta averages a training run" in tta.output
     assert f"{clip_package}, {patch_package} are all model packages" in tta.output
     calibrate = invoke("eval", run, "--compare", exported, "--data", dataset, "--calibrate")
-    assert calibrate.exit_code == 2 and "Error: --calibrate cannot be combined with --compare" in calibrate.output
+    assert calibrate.exit_code == 2 and "Error: --calibrate takes one run, not several" in calibrate.output
     missing = invoke("eval", clip_package, "--compare", tmp_path / "nowhere.dgs", "--data", dataset)
     assert missing.exit_code == 2 and "nowhere.dgs" in missing.output and "does not exist" in missing.output
     monkeypatch.chdir(clip_package.parent)
     itself = invoke("eval", clip_package, "--compare", f"./{clip_package.name}", "--data", dataset)
-    assert itself.exit_code == 2 and f"Error: --compare ./{clip_package.name}: that is {clip_package} again" in (
+    assert itself.exit_code == 2 and f"Error: ./{clip_package.name}: that is {clip_package} again" in (
         itself.output)
     over_package = invoke("eval", clip_package, "--compare", patch_package, "--data", dataset,
                           "--json", patch_package)
@@ -176,3 +177,40 @@ def test_without_compare_the_report_keeps_its_shape(tmp_path, clip_package, data
     assert "detectors" not in report and "comparison" not in report
     assert report["package"]["path"] == str(clip_package) and list(report["metrics"]) == ["blocky", "smooth", "mean"]
     assert "ΔAUC" not in result.output and result.output.splitlines()[1].split()[:2] == ["generator", "count"]
+
+
+def test_robustness_sweep_of_a_run_and_its_package_agree(tmp_path, run, exported, dataset):
+    """The run (torch) and its package (ONNX Runtime) see the same degraded images: the same crop of each image,
+    the same JPEG bytes; their probabilities under every perturbation agree as their clean ones do."""
+    out = tmp_path / "sweep.json"
+    result = invoke("eval", run, exported, "--data", dataset, "--device", "cpu", "--workers", "0",
+                    "--perturb", "jpeg:90,50", "--perturb", "crop:0.6", "--perturb", "resize:0.5", "--json", out,
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    start = lines.index("robustness: mean over generators, in percent, at each detector's threshold")
+    sweep = [line.split("  ")[0].strip() for line in lines[start + 2:]]
+    assert sweep == ["clean", "JPEG quality 90", "JPEG quality 50", "crop 60%", "resize x0.5"]
+    both = json.loads(out.read_text())
+    torch_report, package_report = both["detectors"]
+    levels = [(e["perturbation"], e["level"]) for e in torch_report["robustness"]]
+    assert levels == [("jpeg", "90"), ("jpeg", "50"), ("crop", "0.6"), ("resize", "0.5")]
+    assert [(e["perturbation"], e["level"]) for e in package_report["robustness"]] == levels
+    for a, b in zip(torch_report["robustness"], package_report["robustness"], strict=True):
+        assert a["probabilities"].keys() == b["probabilities"].keys() == torch_report["probabilities"].keys()
+        pa, pb = (np.array(list(e["probabilities"].values()), float) for e in (a, b))
+        assert np.allclose(pa, pb, atol=1e-4), a["description"]
+        assert a["metrics"]["mean"]["auc"] == pytest.approx(b["metrics"]["mean"]["auc"], abs=1e-6)
+    # A perturbation changes the scores: no level gives the clean probabilities back
+    clean = np.array(list(torch_report["probabilities"].values()), float)
+    for entry in torch_report["robustness"]:
+        assert not np.allclose(clean, np.array(list(entry["probabilities"].values()), float), atol=1e-6)
+
+
+def test_perturb_errors_come_before_any_scoring(clip_package, dataset):
+    for value, message in [("jpeg:101", "from 1 to 100"), ("noise:1", "'noise' is unknown"),
+                           ("blur", "expected KIND:LEVEL")]:
+        result = invoke("eval", clip_package, "--data", dataset, "--perturb", value, "--no-progress")
+        assert result.exit_code == 2 and message in result.output and "evaluating" not in result.output
+    twice = invoke("eval", clip_package, "--data", dataset, "--perturb", "jpeg:75", "--perturb", "jpeg:90,75")
+    assert twice.exit_code == 2 and "--perturb jpeg:75 is given twice" in twice.output

@@ -6,7 +6,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,18 +179,27 @@ class Detector:
         return list(self.predict_iter(images, value_range))
 
     def predict_iter(
-        self, images: Iterable[ImageInput], value_range: ValueRange | None = None
+        self,
+        images: Iterable[ImageInput],
+        value_range: ValueRange | None = None,
+        perturb: Callable[[np.ndarray, int], np.ndarray] | None = None,
     ) -> Iterator[Prediction]:
         """Score a stream of images lazily, in input order (inputs as in `predict`).
 
         Worker threads decode and preprocess ahead of the model (a bounded window of ``2 * batch_size``
         images), so decoding overlaps inference and memory stays flat on long, even endless, streams.
+
+        ``perturb``, for robustness evaluation (`dgs_sdk.perturb`), is called in the worker threads with each
+        decoded RGB uint8 image and its position in ``images``; the image it returns is the one preprocessed.
         """
         check_value_range(value_range)
-        return self._stream(((source, index) for index, source in enumerate(images)), value_range)
+        return self._stream(((source, index) for index, source in enumerate(images)), value_range, perturb)
 
     def _stream(
-        self, sources: Iterator[tuple[ImageInput, int | None]], value_range: ValueRange | None
+        self,
+        sources: Iterator[tuple[ImageInput, int | None]],
+        value_range: ValueRange | None,
+        perturb: Callable[[np.ndarray, int], np.ndarray] | None = None,
     ) -> Iterator[Prediction]:
         window = max(2 * self.batch_size, self.workers)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="dgs-decode") as pool:
@@ -204,7 +213,7 @@ class Detector:
                     if item is None:
                         return
                     size = _input_bytes(item[0])
-                    pending.append((pool.submit(self._prepare, *item, value_range), size))
+                    pending.append((pool.submit(self._prepare, *item, value_range, perturb), size))
                     held += size
 
             refill()
@@ -218,7 +227,8 @@ class Detector:
                     yield from self._infer(batch)
                     batch = []
 
-    def _prepare(self, source: ImageInput, index: int | None, value_range: ValueRange | None) -> _Prepared:
+    def _prepare(self, source: ImageInput, index: int | None, value_range: ValueRange | None,
+                 perturb: Callable[[np.ndarray, int], np.ndarray] | None = None) -> _Prepared:
         name = describe_source(source, index)
         t0 = time.perf_counter()
         decoded_at = t0
@@ -226,6 +236,8 @@ class Detector:
         def crop_decoded(image: np.ndarray) -> np.ndarray:  # runs while the image's share of the budget is held
             nonlocal decoded_at
             decoded_at = time.perf_counter()
+            if perturb is not None:
+                image = perturb(image, index or 0)
             return crop_image(image, self.spec)
 
         try:

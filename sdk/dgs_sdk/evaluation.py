@@ -8,15 +8,17 @@ a training run's (`dgs_trainer.eval_run.evaluate_run`), computed by the same `dg
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from .data import load_samples
+from .data import Sample, load_samples
 from .detector import Detector
-from .metrics import metrics_by_generator, oracle_threshold, probabilities_by_path, require_scores
+from .metrics import metrics_by_generator, oracle_threshold, probabilities_by_path, require_scores, robustness_entry
+from .perturb import Perturbation, image_seed
 
 __all__ = ["PackageEvalConfig", "evaluate_package"]
 
@@ -35,6 +37,7 @@ class PackageEvalConfig:
         device: ``None`` (best available), ``cpu``, ``cuda`` or ``cuda:N``.
         batch_size: images per inference call.
         workers: decoding threads (`Detector`'s default when None).
+        perturbations: re-score the data under each of these (a robustness sweep), after the clean pass.
     """
 
     model: str
@@ -46,6 +49,29 @@ class PackageEvalConfig:
     device: str | None = None
     batch_size: int = 32
     workers: int | None = None
+    perturbations: tuple[Perturbation, ...] = ()
+
+
+def _score(detector: Detector, samples: Sequence[Sample], perturbation: Perturbation | None,
+           progress: bool) -> tuple[np.ndarray, dict[str, str]]:
+    """Probabilities of "fake" (NaN where an image could not be scored) and the errors by path."""
+    probabilities = np.full(len(samples), np.nan)
+    errors: dict[str, str] = {}
+    perturb = None
+    if perturbation is not None:
+        def perturb(image: np.ndarray, index: int) -> np.ndarray:
+            return perturbation.apply(image, image_seed(samples[index].path))
+
+    predictions = detector.predict_iter([s.path for s in samples], perturb=perturb)
+    desc = "evaluating" if perturbation is None else f"evaluating, {perturbation.description}"
+    bar = tqdm(predictions, total=len(samples), desc=desc, unit="img", file=sys.stderr, disable=not progress,
+               leave=False)
+    for i, prediction in enumerate(bar):
+        if prediction.ok:
+            probabilities[i] = prediction.probability
+        else:
+            errors[samples[i].path] = prediction.error
+    return probabilities, errors
 
 
 def evaluate_package(config: PackageEvalConfig, progress: bool = False) -> dict[str, Any]:
@@ -58,7 +84,9 @@ def evaluate_package(config: PackageEvalConfig, progress: bool = False) -> dict[
     Returns:
         The report: ``package`` (path, precision variant, its file and sha256), ``backend``, ``device``, then the
         keys of a run's report: ``data``, ``split``, ``threshold``, ``threshold_source``, ``oracle_threshold``,
-        ``oracle_balanced_accuracy``, ``unreadable``, ``errors``, ``metrics``, ``probabilities``.
+        ``oracle_balanced_accuracy``, ``unreadable``, ``errors``, ``metrics``, ``probabilities``; with
+        ``config.perturbations``, ``robustness``: one `dgs_sdk.metrics.robustness_entry` per perturbation, scored
+        at the same threshold (images a perturbation cannot be applied to count as unreadable there).
 
     Raises:
         DataLayoutError: ``config.data`` holds no labelled images.
@@ -68,20 +96,16 @@ def evaluate_package(config: PackageEvalConfig, progress: bool = False) -> dict[
     samples = load_samples(config.data, config.split)
     detector = Detector(config.model, backend=config.backend, device=config.device, precision=config.precision,
                         batch_size=config.batch_size, threshold=config.threshold, workers=config.workers)
-    probabilities = np.full(len(samples), np.nan)
-    errors: dict[str, str] = {}
-    predictions = detector.predict_iter([s.path for s in samples])
-    bar = tqdm(predictions, total=len(samples), desc="evaluating", unit="img", file=sys.stderr,
-               disable=not progress, leave=False)
-    for i, prediction in enumerate(bar):
-        if prediction.ok:
-            probabilities[i] = prediction.probability
-        else:
-            errors[samples[i].path] = prediction.error
+    probabilities, errors = _score(detector, samples, None, progress)
     require_scores(config.data, samples, probabilities)
     oracle, oracle_accuracy = oracle_threshold(samples, probabilities)
+    robustness = []
+    for perturbation in config.perturbations:
+        perturbed, perturbed_errors = _score(detector, samples, perturbation, progress)
+        robustness.append(robustness_entry(perturbation, samples, perturbed, detector.threshold,
+                                           len(perturbed_errors)))
     backend = detector.backend
-    return {
+    report = {
         "package": {
             "path": str(config.model),
             "precision": detector.precision,
@@ -101,3 +125,6 @@ def evaluate_package(config: PackageEvalConfig, progress: bool = False) -> dict[
         "metrics": metrics_by_generator(samples, probabilities, detector.threshold),
         "probabilities": probabilities_by_path(samples, probabilities),
     }
+    if config.perturbations:
+        report["robustness"] = robustness
+    return report

@@ -20,7 +20,9 @@ __all__ = [
     "oracle_threshold",
     "require_scores",
     "probabilities_by_path",
+    "robustness_entry",
     "format_table",
+    "format_robustness",
 ]
 
 
@@ -100,6 +102,20 @@ def probabilities_by_path(samples: Sequence[Sample], probabilities: np.ndarray) 
     return {s.path: (None if np.isnan(p) else float(p)) for s, p in zip(samples, probabilities, strict=True)}
 
 
+def robustness_entry(perturbation: Any, samples: Sequence[Sample], probabilities: np.ndarray, threshold: float,
+                     unreadable: int) -> dict[str, Any]:
+    """A report's ``robustness`` item: the metrics of the samples re-scored under one `dgs_sdk.perturb.Perturbation`
+    (``perturbation``, ``level``, ``description``, ``unreadable``, ``metrics``, ``probabilities``)."""
+    return {
+        "perturbation": perturbation.kind,
+        "level": perturbation.label,
+        "description": perturbation.description,
+        "unreadable": int(unreadable),
+        "metrics": metrics_by_generator(samples, probabilities, threshold),
+        "probabilities": probabilities_by_path(samples, probabilities),
+    }
+
+
 def format_table(metrics: dict[str, Any]) -> str:
     """A fixed-width table: one row per generator and the mean, percentages."""
 
@@ -112,3 +128,21 @@ def format_table(metrics: dict[str, Any]) -> str:
         cells = "  ".join(cell(m[k]) for k in ("acc", "real_acc", "fake_acc", "ap", "auc"))
         lines.append(f"{generator:<{width}}  {m['count']:>6}  {cells}")
     return "\n".join(lines)
+
+
+def format_robustness(reports: Sequence[dict[str, Any]], labels: Sequence[str]) -> str:
+    """A fixed-width table of the robustness sweep: a row per perturbation level (the clean data first), mean AUC
+    and accuracy per detector, in percent."""
+
+    def cell(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.2f}"
+
+    rows = [("clean", [r["metrics"]["mean"] for r in reports])]
+    for i, entry in enumerate(reports[0].get("robustness", [])):
+        rows.append((entry["description"], [r["robustness"][i]["metrics"]["mean"] for r in reports]))
+    head = ["perturbation"] + [f"{name} {k}" if len(labels) > 1 else k for name in labels for k in ("AUC", "acc")]
+    table = [head] + [[name] + [cell(m[k]) for m in means for k in ("auc", "acc")] for name, means in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths,
+                                                                                                   strict=True)))
+                     for row in table)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dgs_sdk.errors import DgsError
+from dgs_sdk.perturb import Degradation
 from dgs_sdk.preprocess import MAX_INPUT_SIZE, MIN_INPUT_SIZE, PreprocessSpec
 
 from .errors import ConfigError, TrainError
@@ -95,6 +97,15 @@ class TrainConfig:
         "black tiles fill the rest) or resize (shorter side to the input size first) [default: the method's].",
         choices=SMALL_IMAGES))
     hflip: bool = field(default=True, metadata=help_of("Random horizontal flips at train time."))
+    blur_prob: float = field(default=0.0, metadata=help_of(
+        "Probability of a Gaussian blur on each training image, before preprocessing (as DGS-Net's code offers; off "
+        "by default there too)."))
+    blur_sigma: tuple[float, ...] = field(default=(0.5,), metadata=help_of(
+        "Blur sigma in pixels: one value, or min,max drawn uniformly."))
+    jpeg_prob: float = field(default=0.0, metadata=help_of(
+        "Probability of a JPEG re-compression of each training image, after the blur and before preprocessing."))
+    jpeg_quality: tuple[int, ...] = field(default=(75,), metadata=help_of(
+        "JPEG quality 1-100: one value, or min,max drawn uniformly."))
     device: str = field(default="auto", metadata=help_of("auto, cpu, cuda or cuda:N."))
     workers: int = field(default=2, metadata=help_of("DataLoader worker processes that decode images."))
     seed: int = field(default=0, metadata=help_of("Seed of data order, augmentation and initialisation."))
@@ -120,6 +131,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} cannot be negative, got {getattr(self, name)}")
         if self.image_size is not None and not MIN_INPUT_SIZE <= self.image_size <= MAX_INPUT_SIZE:
             raise ConfigError(f"image_size must be from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}, got {self.image_size}")
+        try:
+            self.degradation()
+        except DgsError as e:
+            raise ConfigError(str(e)) from None
         if self.preprocess is None:
             self.preprocess = method.preprocess
         if self.preprocess not in PREPROCESS:
@@ -137,6 +152,10 @@ class TrainConfig:
             from .models import trained_with_quick_gelu
 
             self.quick_gelu = trained_with_quick_gelu(self.arch, self.pretrained)
+
+    def degradation(self) -> Degradation:
+        """The random blur and JPEG re-compression of training images (`dgs_sdk.perturb.Degradation`)."""
+        return Degradation(self.blur_prob, tuple(self.blur_sigma), self.jpeg_prob, tuple(self.jpeg_quality))
 
     def method_runner(self):
         """The `Method` this run trains, holding its options."""

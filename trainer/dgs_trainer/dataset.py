@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from dgs_sdk.data import FAKE, REAL, Sample
 from dgs_sdk.errors import DgsError
 from dgs_sdk.image import load_image
+from dgs_sdk.perturb import Degradation, Perturbation, image_seed
 from dgs_sdk.preprocess import PreprocessSpec, crop_image, normalize
 
 __all__ = ["ImageDataset", "ImageUsage", "collate_skipping_unreadable"]
@@ -25,7 +26,12 @@ class ImageDataset(Dataset):
     with probability 0.5 (after patch selection, as DGS-Net does), both drawn from a generator seeded by
     ``(seed, epoch, index)``: a run resumed at an epoch sees the same inputs. At evaluation the mosaic keeps its
     deterministic order, unless ``order_seed`` is given: then it is shuffled by a generator seeded by
-    ``(order_seed, index)`` (test-time augmentation; never flipped). An unreadable file gives an item without
+    ``(order_seed, index)`` (test-time augmentation; never flipped).
+
+    Before preprocessing, a training image is degraded by ``degradation`` (random blur and JPEG, drawn from a
+    generator of its own seeded by ``(seed, epoch, index, 1)``), and an evaluation image by ``perturbation``
+    (a robustness sweep: the same for every detector, see `dgs_sdk.perturb.image_seed`). An unreadable file gives
+    an item without
     ``image`` (its ``index``, ``label`` and ``error``), which `collate_skipping_unreadable` drops and counts.
     """
 
@@ -37,6 +43,8 @@ class ImageDataset(Dataset):
         seed: int = 0,
         hflip: bool = True,
         order_seed: int | None = None,
+        degradation: Degradation | None = None,
+        perturbation: Perturbation | None = None,
     ) -> None:
         self.samples = list(samples)
         self.spec = spec
@@ -44,6 +52,8 @@ class ImageDataset(Dataset):
         self.seed = seed
         self.hflip = hflip
         self.order_seed = order_seed
+        self.degradation = degradation if degradation is not None and degradation.active else None
+        self.perturbation = perturbation
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -59,7 +69,12 @@ class ImageDataset(Dataset):
         else:
             rng = None if self.order_seed is None else np.random.default_rng((self.order_seed, index))
         try:
-            crop = crop_image(load_image(sample.path), self.spec, rng)  # [S, S, 3] uint8
+            image = load_image(sample.path)  # [H, W, 3] uint8
+            if self.train and self.degradation is not None:
+                image = self.degradation.apply(image, np.random.default_rng((self.seed, self.epoch, index, 1)))
+            if self.perturbation is not None:
+                image = self.perturbation.apply(image, image_seed(sample.path))
+            crop = crop_image(image, self.spec, rng)  # [S, S, 3] uint8
         except DgsError as e:  # unreadable, or too small for the model input
             message = str(e) if sample.path in str(e) else f"{sample.path}: {e}"
             return {"index": index, "label": sample.label, "error": message}

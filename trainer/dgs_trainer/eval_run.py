@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dgs_sdk.data import load_samples
-from dgs_sdk.metrics import metrics_by_generator, oracle_threshold, probabilities_by_path, require_scores
+from dgs_sdk.metrics import (
+    metrics_by_generator,
+    oracle_threshold,
+    probabilities_by_path,
+    require_scores,
+    robustness_entry,
+)
+from dgs_sdk.perturb import Perturbation
 
 from .errors import ConfigError, TrainError
 from .evaluate import predict_samples
@@ -30,6 +38,7 @@ class EvalConfig:
     batch_size: int = 32
     device: str = "auto"
     workers: int = 2
+    perturbations: tuple[Perturbation, ...] = ()
 
 
 def run_threshold(run: str | Path) -> tuple[float, str]:
@@ -57,7 +66,8 @@ def evaluate_run(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
 
     The threshold is, in order: the one given; with ``calibrate``, the one maximising balanced accuracy on this
     data, which is then stored in the run as its calibrated threshold; the run's stored calibrated threshold;
-    0.5. The best threshold on this data is always reported too, named as the oracle threshold.
+    0.5. The best threshold on this data is always reported too, named as the oracle threshold. With
+    ``perturbations``, the data is scored again under each (``robustness``, at the same threshold).
     """
     device = resolve_device(config.device)
     loaded = RunFolder(config.run).load(device)
@@ -82,8 +92,17 @@ def evaluate_run(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
                                                  "data": str(config.data), "split": config.split})
         if config.threshold is None:
             threshold, source = oracle, "calibrated"
-    return {
+    robustness = []
+    for perturbation in config.perturbations:
+        perturbed, perturbed_unreadable = predict_samples(
+            loaded.model, samples, loaded.spec, config.batch_size, device, config.workers, progress=progress,
+            tta=config.tta, perturbation=perturbation,
+        )
+        robustness.append(robustness_entry(perturbation, samples, perturbed, threshold, perturbed_unreadable))
+    model_file = RunFolder(config.run).model_file
+    report = {
         "run": str(config.run),
+        "checkpoint": {"path": str(model_file), "sha256": _sha256(model_file)},
         "data": str(config.data),
         "split": config.split,
         "threshold": threshold,
@@ -95,3 +114,14 @@ def evaluate_run(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
         "metrics": metrics_by_generator(samples, probabilities, threshold),
         "probabilities": probabilities_by_path(samples, probabilities),
     }
+    if config.perturbations:
+        report["robustness"] = robustness
+    return report
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -155,7 +155,8 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True) -> Pat
     else:
         _check_same_inputs(run, method.provenance())
 
-    dataset = ImageDataset(samples, spec, train=True, seed=config.seed, hflip=config.hflip)
+    dataset = ImageDataset(samples, spec, train=True, seed=config.seed, hflip=config.hflip,
+                           degradation=config.degradation())
     autocast = device.type == "cuda"
     metrics = MetricsLog(run, config.tensorboard, resume_step=position.step if resume else None)
     try:
