@@ -112,3 +112,46 @@ def test_training_degradation_is_seeded_and_honours_its_probabilities(photo):
                             ({"jpeg_quality": (0,)}, "from 1 to 100"), ({"jpeg_quality": (50.5,)}, "integers")]:
         with pytest.raises(PerturbationError, match=message):
             Degradation(**kwargs)
+
+
+def test_training_images_are_degraded_before_preprocessing_and_evaluation_images_never(dataset):
+    pytest.importorskip("torch")
+    from dgs_sdk import PreprocessSpec
+    from dgs_sdk.data import load_samples
+    from dgs_trainer.config import TrainConfig
+    from dgs_trainer.dataset import ImageDataset
+
+    samples = load_samples(dataset)[:4]
+    spec = PreprocessSpec.clip(32)
+    config = TrainConfig(data=str(dataset), out="unused", arch="dgs-tiny-vit", pretrained="none", jpeg_prob=1.0,
+                         jpeg_quality=(10, 10))
+    assert config.degradation() == Degradation(jpeg_prob=1.0, jpeg_quality=(10, 10))
+
+    def images(**kwargs):
+        return [ImageDataset(samples, spec, hflip=False, **kwargs)[i]["image"].numpy() for i in range(len(samples))]
+
+    plain = images(train=True)
+    degraded = images(train=True, degradation=config.degradation())
+    assert all(not np.allclose(a, b) for a, b in zip(plain, degraded, strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(degraded, images(train=True, degradation=config.degradation()),
+                                                      strict=True))
+    # The degradation is what perturb.jpeg does to the decoded image, then the SDK's preprocessing
+    from dgs_sdk.image import load_image
+    from dgs_sdk.preprocess import preprocess
+
+    assert np.array_equal(degraded[0], preprocess(jpeg(load_image(samples[0].path), 10), spec))
+    assert all(np.array_equal(a, b) for a, b in zip(images(train=False), images(train=False,
+                                                                                 degradation=config.degradation()),
+                                                      strict=True))
+
+
+def test_train_flags_set_the_degradation():
+    pytest.importorskip("torch")
+    from dgs_trainer.config import ConfigError, TrainConfig
+    from dgs_trainer.flags import config_from_flags
+
+    config = config_from_flags({"data": "d", "out": "o", "arch": "dgs-tiny-vit", "pretrained": "none",
+                                "blur_prob": 0.1, "blur_sigma": "0,3", "jpeg_prob": 0.1, "jpeg_quality": "30,100"})
+    assert config.degradation() == Degradation(0.1, (0.0, 3.0), 0.1, (30, 100))
+    with pytest.raises(ConfigError, match="jpeg_quality must be from 1 to 100"):
+        TrainConfig(data="d", out="o", arch="dgs-tiny-vit", pretrained="none", jpeg_quality=(0, 50))
