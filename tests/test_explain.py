@@ -124,9 +124,7 @@ def test_small_image_outlines_refer_to_the_resized_image(tmp_path, photos, patch
     small = photos["astronaut"][100:228, 150:300]  # 150 x 128: 16 patches, fewer than 49
     image_path = write_image(tmp_path / FOLDER / "small.png", small)
     explanation = explain_image(patch_package, image_path, OcclusionSettings(stride=32))
-    written = write_explanation(explanation, tmp_path / "out")
-    assert [p.name for p in written] == ["patches.png", "occlusion.png", "explain.json"]
-    record = json.loads(written[-1].read_text())
+    record = explanation.to_dict()  # what explain.json holds, less the list of figures
     patches = record["patches"]
     assert patches["cut_from"] == {"width": 262, "height": 224, "resized": True}
     resized = resize_shortest_side(load_image(image_path), 224)
@@ -136,7 +134,6 @@ def test_small_image_outlines_refer_to_the_resized_image(tmp_path, photos, patch
         assert x0 == pytest.approx(patch["x"] * 150 / 262, abs=0.01)
         assert y1 == pytest.approx((patch["y"] + 32) * 128 / 224, abs=0.01)
         assert 0 <= x0 < x1 <= 150 and 0 <= y0 < y1 <= 128
-    assert_readable_figure(written[0])
 
 
 def test_pad_repeats_patches_and_leaves_black_slots(tmp_path, photos, patch_package):
@@ -157,16 +154,23 @@ def test_pad_repeats_patches_and_leaves_black_slots(tmp_path, photos, patch_pack
 def test_clip_model_in_a_subprocess(tmp_path, photos, clip_package):
     image_path = write_image(tmp_path / FOLDER / "chelsea.jpg", photos["chelsea"])
     out = tmp_path / "out dir"
+    out.mkdir()  # holding an earlier patch-select explanation, and a file of someone else's
+    (out / "patches.png").write_bytes(b"earlier figure")
+    (out / "explain.json").write_text(json.dumps({"figures": ["patches.png", "occlusion.png"]}))
+    (out / "notes.png").write_bytes(b"not ours")
     cmd = [sys.executable, "-m", "dgs_sdk.cli", "explain", str(image_path), "-m", str(clip_package), "-o", str(out),
-           "--window", "56", "--stride", "28"]
+           "--window", "50", "--stride", "24"]
     done = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["explain.json", "occlusion.png"]  # no patches for clip
+    # No patches for clip: the earlier explanation's patches.png is gone, the other file stays.
+    assert sorted(p.name for p in out.iterdir()) == ["explain.json", "notes.png", "occlusion.png"]
     record = json.loads((out / "explain.json").read_text())
     assert record["patches"] is None and record["figures"] == ["occlusion.png"]
-    assert (record["occlusion"]["window"], record["occlusion"]["stride"]) == (56, 28)
-    assert np.array(record["occlusion"]["drops"]).shape == (7, 7)
+    occlusion = record["occlusion"]
+    assert (occlusion["window"], occlusion["stride"]) == (50, 24)
+    assert occlusion["tops"] == occlusion["lefts"] == [0, 24, 48, 72, 96, 120, 144, 168, 174]  # the last at the edge
+    assert np.array(occlusion["drops"]).shape == (9, 9)
     assert record["probability"] == pytest.approx(Detector(clip_package).predict(str(image_path)).probability,
                                                   abs=1e-5)
     assert_readable_figure(out / "occlusion.png")
@@ -230,14 +234,14 @@ def test_occlusion_map_is_non_zero_only_where_the_logit_looks(tmp_path):
 
 def test_large_image_figure_stays_small_and_coordinates_stay_in_its_pixels(tmp_path, patch_package):
     rng = np.random.default_rng(1)
-    image = np.full((3000, 4000, 3), 128, np.uint8)  # flat, but for noise in the bottom-right corner
-    image[2400:2800, 3200:3840] = rng.integers(0, 256, (400, 640, 3), np.uint8)
+    image = np.full((2400, 3200, 3), 128, np.uint8)  # flat, but for noise in the bottom-right corner
+    image[1920:2240, 2560:3072] = rng.integers(0, 256, (320, 512, 3), np.uint8)
     explanation = explain_image(patch_package, image, OcclusionSettings(window=32, stride=32))
     written = write_explanation(explanation, tmp_path / "out")
     record = json.loads(written[-1].read_text())
-    assert record["image"]["width"] == 4000 and record["patches"]["cut_from"]["width"] == 4000
+    assert record["image"]["width"] == 3200 and record["patches"]["cut_from"]["width"] == 3200
     high = [p for p in record["patches"]["selected"] if p["kind"] == "high"]
-    assert all(3200 <= p["x"] < 3840 and 2400 <= p["y"] < 2800 for p in high)
+    assert all(2560 <= p["x"] < 3072 and 1920 <= p["y"] < 2240 for p in high)
     figure = assert_readable_figure(written[0])
     assert figure.shape[1] <= 2000 and written[0].stat().st_size < 4_000_000
 

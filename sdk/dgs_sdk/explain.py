@@ -50,6 +50,8 @@ __all__ = [
 # stride of 16 needs 169; more than this is a stride too small to read, at minutes of inference per image.
 MAX_WINDOWS = 4096
 JSON_NAME = "explain.json"
+# An earlier explain.json is read back only for the figures it lists; a larger one is not ours.
+MAX_JSON_BYTES = 16 * 1024**2
 PATCHES_NAME = "patches.png"
 OCCLUSION_NAME = "occlusion.png"
 
@@ -371,12 +373,26 @@ def check_output_folder(out_dir: str | os.PathLike, protected: tuple[str | os.Pa
     return out
 
 
+def _remove_stale_figures(out: Path, writing: set[str]) -> None:
+    """Remove figures an earlier explanation in ``out`` wrote and this one does not (``patches.png`` of a
+    ``patch-select`` model, before a ``clip`` one): only those its ``explain.json`` lists."""
+    try:
+        with open(out / JSON_NAME, "rb") as f:
+            earlier = json.loads(f.read(MAX_JSON_BYTES)).get("figures", [])
+    except (OSError, ValueError, AttributeError):
+        return
+    for name in {PATCHES_NAME, OCCLUSION_NAME} - writing:
+        if name in earlier and (out / name).is_file():
+            (out / name).unlink()
+
+
 def write_explanation(explanation: Explanation, out_dir: str | os.PathLike) -> list[Path]:
     """Write ``patches.png`` (``patch-select`` only), ``occlusion.png`` and ``explain.json`` into ``out_dir``
     (created with its parents if missing).
 
     Each file is written under a temporary name and renamed into place, so an error leaves no half-written file.
-    Files of an earlier explanation in ``out_dir`` are replaced; the model package and the image never are.
+    Files of an earlier explanation in ``out_dir`` are replaced (a figure it wrote that this one does not write is
+    removed); the model package and the image never are.
 
     Returns:
         The paths written: the figures, then ``explain.json``.
@@ -393,6 +409,7 @@ def write_explanation(explanation: Explanation, out_dir: str | os.PathLike) -> l
     figures = [(OCCLUSION_NAME, draw_occlusion)]
     if explanation.selection is not None:
         figures.insert(0, (PATCHES_NAME, draw_patches))
+    _remove_stale_figures(out, {name for name, _ in figures})
     written = []
     for name, draw in figures:
         with AtomicFile(out / name) as f:

@@ -136,16 +136,16 @@ def draw_patches(explanation: Explanation, file: IO[bytes]) -> None:
     mosaic_axes.set_xticks([])
     mosaic_axes.set_yticks([])
 
-    low_count, high_count = int(selection.low.sum()), int((~selection.low).sum())
-    handles = [
-        Patch(facecolor=(*_rgb(LOW_COLOUR), 0.25), edgecolor=LOW_COLOUR,
-              label=f"{low_count} lowest spectral entropy (smooth, flat areas)"),
-        Patch(facecolor=(*_rgb(HIGH_COLOUR), 0.25), edgecolor=HIGH_COLOUR,
-              label=f"{high_count} highest spectral entropy (texture, edges, noise)"),
-    ]
-    if any(len(picked) > 1 for picked in kinds.values()):
-        handles.append(Patch(facecolor=(*_rgb(BOTH_COLOUR), 0.25), edgecolor=BOTH_COLOUR,
-                             label="among both (the image has too few patches: they repeat)"))
+    counts = {colour: 0 for colour in (LOW_COLOUR, HIGH_COLOUR, BOTH_COLOUR)}
+    for picked in kinds.values():
+        counts[colour_of[frozenset(picked)]] += 1
+    labels = {
+        LOW_COLOUR: "lowest spectral entropy (smooth, flat areas)",
+        HIGH_COLOUR: "highest spectral entropy (texture, edges, noise)",
+        BOTH_COLOUR: "among both the lowest and the highest (too few patches: each fills two tiles)",
+    }
+    handles = [Patch(facecolor=(*_rgb(colour), 0.25), edgecolor=colour, label=f"{count} {labels[colour]}")
+               for colour, count in counts.items() if count]
     black = grid * grid - len(selection.indices)
     if black:
         handles.append(Patch(facecolor="black", edgecolor=PAD_COLOUR, hatch="//",
