@@ -30,6 +30,8 @@ LOW_COLOUR = "#56B4E9"
 HIGH_COLOUR = "#E69F00"
 BOTH_COLOUR = "#CC79A7"
 PAD_COLOUR = "#888888"
+# A patch under this fraction of the image's longer side is a speck once drawn; it gets a dot of fixed size too.
+SMALL_PATCH_FRACTION = 80
 
 
 def require_matplotlib() -> None:
@@ -157,6 +159,8 @@ def draw_patches(explanation: Explanation, file: IO[bytes]) -> None:
 
 def _patch_values(axes: Axes, explanation: Explanation, cmap, norm) -> None:
     """The selected patches on the image they were cut from, each filled with its tile's mean occlusion value."""
+    from matplotlib.patches import Rectangle
+
     selection = explanation.selection
     p = selection.patch_size
     cut_h, cut_w = selection.image.shape[:2]
@@ -164,16 +168,20 @@ def _patch_values(axes: Axes, explanation: Explanation, cmap, norm) -> None:
     values: dict[int, list[float]] = {}
     for index, value in zip(selection.indices.tolist(), explanation.slot_means().tolist(), strict=True):
         values.setdefault(index, []).append(value)
+    centres, colours = [], []
     for index, taken in values.items():  # a patch in two slots ("pad") shows the mean of both
-        from matplotlib.patches import Rectangle
-
         top, left = divmod(index, selection.columns)
-        colour = cmap(norm(float(np.mean(taken))))
-        axes.add_patch(Rectangle((left * p, top * p), p, p, facecolor=(*colour[:3], 0.8), edgecolor="black",
-                                 linewidth=0.6))
+        colour = (*cmap(norm(float(np.mean(taken))))[:3], 0.8)
+        axes.add_patch(Rectangle((left * p, top * p), p, p, facecolor=colour, edgecolor="black", linewidth=0.6))
+        centres.append(((left + 0.5) * p, (top + 0.5) * p))
+        colours.append(colour)
     resized = f", resized to {cut_w}×{cut_h}" if selection.resized else ""
-    axes.set_title(f"The same values on the image{resized}:\neach patch filled with the mean over its tile",
-                   fontsize=11)
+    title = f"The same values on the image{resized}:\neach patch filled with the mean over its tile"
+    if p < max(cut_w, cut_h) / SMALL_PATCH_FRACTION:  # a few pixels once drawn: marked with dots too
+        x, y = zip(*centres, strict=True)
+        axes.scatter(x, y, s=70, c=colours, edgecolors="black", linewidths=0.8)
+        title += f"\n(patches of {p} px are specks at this scale: each is marked with a dot)"
+    axes.set_title(title, fontsize=11)
     axes.set_xlabel("x (pixels)")
     axes.set_ylabel("y (pixels)")
 
@@ -189,7 +197,7 @@ def draw_occlusion(explanation: Explanation, file: IO[bytes]) -> None:
     size = spec.size
     heat = occlusion.heatmap
     patch_select = explanation.selection is not None
-    figure = _new_figure(22 if patch_select else 15, 7.5 if patch_select else 8)
+    figure = _new_figure(22 if patch_select else 15, 8)
     panels = figure.subplots(1, 3 if patch_select else 2, width_ratios=[1, 1, 1.2] if patch_select else None)
     input_axes, map_axes = panels[:2]
     _title(figure, explanation, "what the score depends on")
