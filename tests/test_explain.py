@@ -16,14 +16,9 @@ from click.testing import CliRunner
 from conftest import graph_package, mean_graph, write_image
 from dgs_sdk import Detector, Manifest, ModelPackage, PreprocessSpec, write_package
 from dgs_sdk.cli import main
-from dgs_sdk.explain import (
-    MAX_WINDOWS,
-    ExplainError,
-    OcclusionSettings,
-    explain_image,
-    write_explanation,
-)
+from dgs_sdk.explain import ExplainError, explain_image, write_explanation
 from dgs_sdk.image import load_image
+from dgs_sdk.occlusion import MAX_WINDOWS, OcclusionSettings
 from dgs_sdk.preprocess import crop_image, normalize, resize_shortest_side
 
 FOLDER = "mes photos ñ 写真"

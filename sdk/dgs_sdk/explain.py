@@ -1,11 +1,5 @@
-"""Why an image was scored as it was: the patches a ``patch-select`` model saw, and an occlusion map.
-
-An occlusion map masks one square window of the model input at a time (filled with the normalised zero, the
-mean colour of the spec's normalisation), runs every masked input through the Detector's backend in batches,
-and records how much the logit of "fake" dropped. A pixel's value is the mean drop over the windows that cover
-it: positive where the region pushed the verdict toward "fake", negative where it pushed toward "real". It says
-what the model's output depends on, not why; and masking a region shows the model an input it never saw in
-training, so small values are noise more than meaning.
+"""Why an image was scored as it was: the patches a ``patch-select`` model saw, and an occlusion map of the model
+input (`dgs_sdk.occlusion`).
 
 `explain_image` computes an `Explanation`; `write_explanation` writes its figures (`dgs_sdk.explain_figures`,
 which needs matplotlib: ``pip install "dgs[report]"``) and ``explain.json``.
@@ -14,9 +8,7 @@ which needs matplotlib: ``pip install "dgs[report]"``) and ``explain.json``.
 from __future__ import annotations
 
 import json
-import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,28 +19,21 @@ from .detector import FAKE, REAL, Detector, sigmoid
 from .errors import DgsError
 from .files import AtomicFile
 from .image import ImageInput, ValueRange, describe_source, load_image
-from .limits import MAX_BATCH_BYTES
+from .occlusion import Occlusion, OcclusionSettings, occlusion_map
 from .package import ModelPackage
 from .preprocess import PatchSelection, PreprocessSpec, crop_image, normalize, patch_selection
 
 __all__ = [
-    "MAX_WINDOWS",
     "JSON_NAME",
     "PATCHES_NAME",
     "OCCLUSION_NAME",
     "ExplainError",
-    "OcclusionSettings",
-    "Occlusion",
     "Explanation",
-    "occlusion_map",
     "explain_image",
     "check_output_folder",
     "write_explanation",
 ]
 
-# Masked inputs one explanation may run: 64 x 64 window positions. A 224-px input with a 32-px window and a
-# stride of 16 needs 169; more than this is a stride too small to read, at minutes of inference per image.
-MAX_WINDOWS = 4096
 JSON_NAME = "explain.json"
 # An earlier explain.json is read back only for the figures it lists; a larger one is not ours.
 MAX_JSON_BYTES = 16 * 1024**2
@@ -57,137 +42,8 @@ OCCLUSION_NAME = "occlusion.png"
 
 
 class ExplainError(DgsError):
-    """An explanation cannot be made or written: bad occlusion settings, an output folder that cannot be used,
-    matplotlib missing, or a model output that is not a finite number."""
-
-
-def window_starts(size: int, window: int, stride: int) -> list[int]:
-    """Offsets of windows ``stride`` apart along a side of ``size``; the last one always ends at the edge."""
-    starts = list(range(0, size - window + 1, stride))
-    if starts[-1] != size - window:
-        starts.append(size - window)
-    return starts
-
-
-@dataclass(frozen=True)
-class OcclusionSettings:
-    """How the occlusion map masks the model input.
-
-    Attributes:
-        window: side of the masked square in model-input pixels; ``None``: the patch size for ``patch-select``
-            (one tile of the mosaic), ``size // 7`` for ``clip`` (32 at 224).
-        stride: step between windows; ``None``: half the window. At most the window, so every pixel is covered.
-        batch_size: masked inputs per inference call (capped like `Detector`'s batches).
-    """
-
-    window: int | None = None
-    stride: int | None = None
-    batch_size: int = 32
-
-    def resolve(self, spec: PreprocessSpec) -> tuple[int, int]:
-        """The window and stride for ``spec``'s model input, checked.
-
-        Raises:
-            ExplainError: a window outside 1..size, a stride outside 1..window, or more than `MAX_WINDOWS`
-                windows.
-        """
-        size = spec.size
-        window = self.window if self.window is not None else (
-            spec.patch_size if spec.transform == "patch-select" else max(1, size // 7))
-        if not 1 <= window <= size:
-            raise ExplainError(f"occlusion window {window} px: must be from 1 to the model input's size, {size} px")
-        stride = self.stride if self.stride is not None else max(1, window // 2)
-        if not 1 <= stride <= window:
-            raise ExplainError(f"occlusion stride {stride} px: must be from 1 to the window, {window} px (a larger "
-                               "stride would leave pixels that no window covers)")
-        if self.batch_size < 1:
-            raise ExplainError(f"occlusion batch size must be at least 1, got {self.batch_size}")
-        count = len(window_starts(size, window, stride)) ** 2
-        if count > MAX_WINDOWS:
-            smallest = next(s for s in range(stride, window + 1) if len(window_starts(size, window, s)) ** 2
-                            <= MAX_WINDOWS)
-            raise ExplainError(f"occlusion stride {stride} px with a {window}-px window gives {count:,} masked inputs "
-                               f"on a {size}-px model input; at most {MAX_WINDOWS:,} are run: use a stride of at least "
-                               f"{smallest} px or a larger window")
-        return window, stride
-
-
-@dataclass
-class Occlusion:
-    """An occlusion map of one model input.
-
-    Attributes:
-        window: side of the masked square, in model-input pixels.
-        stride: step between windows.
-        tops: ``[R]`` first row of each row of windows.
-        lefts: ``[C]`` first column of each column of windows.
-        drops: ``[R, C]`` float64: the unmasked input's logit minus the logit with window (r, c) masked.
-        heatmap: ``[S, S]`` float64: the mean of ``drops`` over the windows covering each pixel.
-        logit: the unmasked input's logit.
-    """
-
-    window: int
-    stride: int
-    tops: np.ndarray
-    lefts: np.ndarray
-    drops: np.ndarray
-    heatmap: np.ndarray
-    logit: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "window": self.window,
-            "stride": self.stride,
-            "fill": "normalised zero (the normalisation's mean colour)",
-            "value": "logit of the unmasked input minus logit with the window masked; positive: the region pushed "
-                     "toward fake",
-            "tops": self.tops.tolist(),
-            "lefts": self.lefts.tolist(),
-            "drops": self.drops.tolist(),
-        }
-
-
-def occlusion_map(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, window: int, stride: int,
-                  batch_size: int = 32, name: str = "<input>") -> Occlusion:
-    """Mask each ``window`` x ``window`` square of ``x`` in turn and record how much the logit drops.
-
-    Args:
-        run: a backend's ``run``: ``[B, 3, S, S]`` float32 -> logits ``[B]``.
-        x: one normalised model input ``[3, S, S]`` float32; a masked square is set to 0 (the mean colour).
-        window: side of the masked square (see `OcclusionSettings.resolve` for the checks).
-        stride: step between windows, at most ``window``.
-        batch_size: masked inputs per call of ``run``.
-        name: the image's name, for errors.
-
-    Raises:
-        ExplainError: the model's output for the input or a masked input is not a finite number.
-    """
-    size = x.shape[-1]
-    tops = lefts = np.array(window_starts(size, window, stride))
-    positions = [(top, left) for top in tops for left in lefts]
-    logit = float(run(x[None])[0])
-    if not math.isfinite(logit):
-        raise ExplainError(f"{name}: the model's output for this image is not a finite number ({logit})")
-    batch_size = max(1, min(batch_size, MAX_BATCH_BYTES // x.nbytes))
-    masked_logits = np.empty(len(positions), np.float64)
-    for start in range(0, len(positions), batch_size):
-        chunk = positions[start : start + batch_size]
-        batch = np.repeat(x[None], len(chunk), axis=0)  # [b, 3, S, S]
-        for k, (top, left) in enumerate(chunk):
-            batch[k, :, top : top + window, left : left + window] = 0.0
-        masked_logits[start : start + len(chunk)] = run(batch)
-    bad = int((~np.isfinite(masked_logits)).sum())
-    if bad:
-        raise ExplainError(f"{name}: the model's output is not a finite number for {bad} of the "
-                           f"{len(positions)} masked inputs")
-    drops = (logit - masked_logits).reshape(len(tops), len(lefts))
-    total = np.zeros((size, size))
-    covered = np.zeros((size, size))
-    for (top, left), drop in zip(positions, drops.ravel(), strict=True):
-        total[top : top + window, left : left + window] += drop
-        covered[top : top + window, left : left + window] += 1
-    return Occlusion(window=window, stride=stride, tops=tops, lefts=lefts, drops=drops, heatmap=total / covered,
-                     logit=logit)
+    """An explanation cannot be made or written: an output folder that cannot be used, matplotlib missing, or a
+    threshold outside [0, 1]."""
 
 
 @dataclass
@@ -308,7 +164,8 @@ def explain_image(
 
     Raises:
         UnreadableImage: the image cannot be decoded (the message names it).
-        ExplainError: bad occlusion settings, or a model output that is not a finite number.
+        OcclusionError: bad occlusion settings, or a model output that is not a finite number.
+        ExplainError: a threshold outside [0, 1].
     """
     settings = occlusion or OcclusionSettings()
     if threshold is not None and not 0.0 <= threshold <= 1.0:

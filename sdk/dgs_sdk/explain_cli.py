@@ -9,14 +9,9 @@ import click
 
 from .backends import BACKENDS
 from .detector import Detector
-from .explain import (
-    Explanation,
-    OcclusionSettings,
-    check_output_folder,
-    explain_image,
-    write_explanation,
-)
+from .explain import Explanation, check_output_folder, explain_image, write_explanation
 from .image import load_image
+from .occlusion import OcclusionSettings
 from .package import PRECISIONS
 
 __all__ = ["ExplainConfig", "explain", "explain_command"]

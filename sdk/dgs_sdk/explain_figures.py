@@ -60,7 +60,7 @@ def _short_name(source: str, limit: int = 60) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
-def verdict(explanation: Explanation) -> str:
+def _verdict(explanation: Explanation) -> str:
     """One line: the probability, logit, label and threshold."""
     e = explanation
     return (f"P(fake) = {e.probability:.3f} (logit {e.logit:+.3f}): {e.label.upper()} at threshold "
@@ -68,7 +68,7 @@ def verdict(explanation: Explanation) -> str:
 
 
 def _title(figure: Figure, explanation: Explanation, what: str) -> None:
-    figure.suptitle(f"{_short_name(explanation.source)}: {what}\n{verdict(explanation)}", fontsize=13)
+    figure.suptitle(f"{_short_name(explanation.source)}: {what}\n{_verdict(explanation)}", fontsize=13)
 
 
 def _display(image: np.ndarray) -> np.ndarray:
