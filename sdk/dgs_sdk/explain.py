@@ -238,6 +238,8 @@ def _remove_stale_figures(out: Path, writing: set[str]) -> None:
             earlier = json.loads(f.read(MAX_JSON_BYTES)).get("figures", [])
     except (OSError, ValueError, AttributeError):
         return
+    if not isinstance(earlier, list):
+        return
     for name in {PATCHES_NAME, OCCLUSION_NAME} - writing:
         if name in earlier and (out / name).is_file():
             (out / name).unlink()
