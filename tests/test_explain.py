@@ -77,7 +77,7 @@ def pad_package(patch_package: Path, tmp_path: Path) -> Path:
 def test_patch_select_explanation_writes_readable_figures_and_json(tmp_path, photos, patch_package):
     image_path = write_image(tmp_path / FOLDER / "coffee.png", photos["coffee"])
     out = tmp_path / "explained ñ"
-    result = run_cli(image_path, "--model", patch_package, "--out", out, "--threshold", "0.01")
+    result = run_cli(image_path, "--model", patch_package, "--out", out, "--threshold", "0.01", "--stride", "32")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["explain.json", "occlusion.png", "patches.png"]
     assert_readable_figure(out / "patches.png")
@@ -110,9 +110,10 @@ def test_patch_select_explanation_writes_readable_figures_and_json(tmp_path, pho
     assert entropies == sorted(entropies)  # the mosaic is in ascending entropy
 
     occlusion = record["occlusion"]
-    assert (occlusion["window"], occlusion["stride"]) == (32, 16)
-    assert occlusion["tops"] == occlusion["lefts"] == list(range(0, 193, 16))
-    assert np.array(occlusion["drops"]).shape == (13, 13)
+    assert (occlusion["window"], occlusion["stride"]) == (32, 32)  # the window defaults to one tile
+    assert occlusion["tops"] == occlusion["lefts"] == list(range(0, 193, 32))
+    assert np.array(occlusion["drops"]).shape == (7, 7)
+    assert OcclusionSettings().resolve(package.manifest.preprocess) == (32, 16)
 
 
 def test_small_image_outlines_refer_to_the_resized_image(tmp_path, photos, patch_package):
