@@ -19,6 +19,7 @@ from .engine_cache import describe_engines
 from .engine_cli import cache_group, engine_command
 from .errors import DgsError
 from .eval_cli import eval_command
+from .explain_cli import explain_command
 from .package import PRECISIONS
 
 __all__ = ["main"]
@@ -152,6 +153,7 @@ def scan(paths, model, out, threshold, batch_size, workers, recursive, hidden, f
 
 main.add_command(eval_command)
 main.add_command(bench_command)
+main.add_command(explain_command)
 
 
 def _version_of(distribution: str) -> str:

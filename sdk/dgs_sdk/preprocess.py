@@ -34,6 +34,8 @@ __all__ = [
     "resize_shortest_side",
     "center_crop",
     "spectral_entropy",
+    "PatchSelection",
+    "patch_selection",
     "select_patches",
     "crop_image",
     "normalize",
@@ -259,6 +261,86 @@ def _patch_entropies(image: np.ndarray, p: int) -> np.ndarray:
     ])
 
 
+@dataclass(frozen=True)
+class PatchSelection:
+    """Which patches `select_patches` puts into the mosaic, and the image they are cut from.
+
+    Attributes:
+        image: the RGB uint8 image the patches are cut from: the input itself, or the input resized so its shorter
+            side is ``size`` when ``resized``.
+        resized: the input had fewer patches than the mosaic has tiles and ``small_images="resize"`` resized it.
+        patch_size: side of a patch in pixels.
+        grid: tiles per side of the mosaic.
+        rows: patches per column of ``image`` (its height // ``patch_size``).
+        columns: patches per row of ``image`` (its width // ``patch_size``).
+        indices: ``[K]`` row-major numbers of the selected patches, in mosaic order (slot k holds patch
+            ``indices[k]``); K is ``grid**2`` except with ``"pad"``, whose slots from K on are black.
+        low: ``[K]`` bool: True where the slot holds one of the lowest-entropy picks, False for the highest. With
+            ``"pad"`` a patch can be picked as both, and then fills two slots.
+        entropy: ``[K]`` spectral entropy (bits) of each selected patch.
+    """
+
+    image: np.ndarray
+    resized: bool
+    patch_size: int
+    grid: int
+    rows: int
+    columns: int
+    indices: np.ndarray
+    low: np.ndarray
+    entropy: np.ndarray
+
+    @property
+    def corners(self) -> np.ndarray:
+        """``[K, 2]`` int64: the (top, left) pixel of each selected patch in ``image``, in mosaic order."""
+        return np.stack([self.indices // self.columns, self.indices % self.columns], axis=1) * self.patch_size
+
+    def mosaic(self) -> np.ndarray:
+        """The ``[grid * P, grid * P, 3]`` uint8 mosaic: selected patches row-major by slot, then black tiles."""
+        p, grid, rows, cols = self.patch_size, self.grid, self.rows, self.columns
+        region = self.image[: rows * p, : cols * p]
+        tiles = region.reshape(rows, p, cols, p, 3)[self.indices // cols, :, self.indices % cols]  # [K, P, P, 3]
+        if len(self.indices) < grid * grid:  # "pad": the remaining tiles are black
+            tiles = np.concatenate([tiles, np.zeros((grid * grid - len(self.indices), p, p, 3), np.uint8)])
+        mosaic = tiles.reshape(grid, grid, p, p, 3).swapaxes(1, 2)
+        return mosaic.reshape(grid * p, grid * p, 3)
+
+
+def patch_selection(image: np.ndarray, spec: PreprocessSpec, rng: np.random.Generator | None = None) -> PatchSelection:
+    """The patches DGS-Net's patch selection keeps from an RGB uint8 image (see `select_patches`, which is
+    ``patch_selection(image, spec, rng).mosaic()``).
+
+    Raises:
+        ImageTooSmall: with ``"pad"``, an image under one patch in height or width.
+    """
+    p, grid = spec.patch_size, spec.grid
+    n_keep = grid * grid
+    n_patches = (image.shape[0] // p) * (image.shape[1] // p)
+    resized = False
+    if n_patches < n_keep:
+        if spec.small_images == "resize":
+            image, resized = resize_shortest_side(image, spec.size), True
+        elif n_patches == 0:
+            h, w = image.shape[:2]
+            raise ImageTooSmall(f"a {w}x{h} image is smaller than one {p}x{p} patch")
+    gh, gw = image.shape[0] // p, image.shape[1] // p
+    entropy = _patch_entropies(image, p)
+    # Rounded to a micro-bit before ranking: flat patches differ only by rounding noise (~1e-12), which would
+    # otherwise decide their order differently in every implementation. Ties then go by position.
+    order = np.argsort(np.round(entropy, ENTROPY_DECIMALS), kind="stable")
+    n = len(order)
+    n_low, n_high = min(n_keep // 2, n), min(n_keep - n_keep // 2, n)
+    # With N < grid**2 the two ends overlap (DGS-Net's order[:24] and order[-25:]): patches may be repeated.
+    chosen = np.concatenate([order[:n_low], order[n - n_high :]])
+    low = np.arange(len(chosen)) < n_low
+    if rng is not None:
+        # Shuffling the slot numbers draws from rng exactly as shuffling `chosen` itself would.
+        slots = rng.permutation(len(chosen))
+        chosen, low = chosen[slots], low[slots]
+    return PatchSelection(image=image, resized=resized, patch_size=p, grid=grid, rows=gh, columns=gw, indices=chosen,
+                          low=low, entropy=entropy[chosen])
+
+
 def select_patches(image: np.ndarray, spec: PreprocessSpec, rng: np.random.Generator | None = None) -> np.ndarray:
     """DGS-Net's patch selection of an RGB uint8 image into a ``[size, size, 3]`` uint8 mosaic.
 
@@ -266,7 +348,7 @@ def select_patches(image: np.ndarray, spec: PreprocessSpec, rng: np.random.Gener
     patches, numbered row-major. Entropies are compared rounded to 6 decimals and ties are broken by position;
     the ``grid**2 // 2`` lowest-entropy and the ``grid**2 - grid**2 // 2`` highest-entropy patches are kept.
     Mosaic order is ascending entropy (row-major), or, when ``rng`` is given (training), a permutation of the
-    selected tiles drawn from it.
+    selected tiles drawn from it. `patch_selection` says which patches these are and where they lie.
 
     An image with N < ``grid**2`` patches follows ``spec.small_images``:
 
@@ -285,32 +367,7 @@ def select_patches(image: np.ndarray, spec: PreprocessSpec, rng: np.random.Gener
         ImageTooSmall: with ``"pad"``, an image under one patch in height or width. (DGS-Net's code would make
             an all-black mosaic of it, which says nothing about the image.)
     """
-    p, grid = spec.patch_size, spec.grid
-    n_keep = grid * grid
-    n_patches = (image.shape[0] // p) * (image.shape[1] // p)
-    if n_patches < n_keep:
-        if spec.small_images == "resize":
-            image = resize_shortest_side(image, spec.size)
-        elif n_patches == 0:
-            h, w = image.shape[:2]
-            raise ImageTooSmall(f"a {w}x{h} image is smaller than one {p}x{p} patch")
-    gh, gw = image.shape[0] // p, image.shape[1] // p
-    region = image[: gh * p, : gw * p]
-    entropy = _patch_entropies(image, p)
-    # Rounded to a micro-bit before ranking: flat patches differ only by rounding noise (~1e-12), which would
-    # otherwise decide their order differently in every implementation. Ties then go by position.
-    order = np.argsort(np.round(entropy, ENTROPY_DECIMALS), kind="stable")
-    n = len(order)
-    n_low, n_high = min(n_keep // 2, n), min(n_keep - n_keep // 2, n)
-    # With N < grid**2 the two ends overlap (DGS-Net's order[:24] and order[-25:]): patches may be repeated.
-    chosen = np.concatenate([order[:n_low], order[n - n_high :]])
-    if rng is not None:
-        chosen = rng.permutation(chosen)
-    tiles = region.reshape(gh, p, gw, p, 3)[chosen // gw, :, chosen % gw]  # [len(chosen), P, P, 3]
-    if len(chosen) < n_keep:  # "pad": the remaining tiles are black
-        tiles = np.concatenate([tiles, np.zeros((n_keep - len(chosen), p, p, 3), np.uint8)])
-    mosaic = tiles.reshape(grid, grid, p, p, 3).swapaxes(1, 2)
-    return mosaic.reshape(grid * p, grid * p, 3)
+    return patch_selection(image, spec, rng).mosaic()
 
 
 def crop_image(image: np.ndarray, spec: PreprocessSpec, rng: np.random.Generator | None = None) -> np.ndarray:
