@@ -456,12 +456,15 @@ def test_without_c2pa_python_metadata_is_still_reported_and_the_gap_said_once(tm
                                                                             clip_package):
     monkeypatch.setitem(sys.modules, "c2pa", None)  # import c2pa now fails as if it were not installed
     out = tmp_path / "no c2pa.csv"
-    result = run_scan(metadata_files["webui.png"], metadata_files["midjourney.jpg"], "--model", clip_package,
-                      "--out", out, "--provenance")
-    assert result.exit_code == 0, result.output
+    result = run_scan(metadata_files["webui.png"], metadata_files["midjourney.jpg"], tmp_path / "absent.png",
+                      "--model", clip_package, "--out", out, "--provenance")
+    assert result.exit_code == 1, result.output
     assert result.stderr.count("C2PA content credentials are not checked") == 1
     assert INSTALL_HINT in result.stderr
     rows = rows_of(out)
+    absent = rows.pop("absent.png")
+    assert "no such file" in absent["error"] and (absent["c2pa"], absent["provenance_detail"]) == (
+        "not checked", "not read")
     for row in rows.values():
         assert row["c2pa"] == "not checked" and INSTALL_HINT in row["provenance_detail"]
     assert rows["webui.png"]["metadata"] == "Stable Diffusion WebUI (PNG text 'parameters')"

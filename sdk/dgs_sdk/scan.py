@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .detector import FAKE, Detector, Prediction
 from .errors import DgsError
 from .files import ConfinedPath, inside
-from .provenance import Provenance, ProvenanceReader
+from .provenance import C2PA_NOT_CHECKED, Provenance, ProvenanceReader
 from .results import COLUMNS, PROVENANCE_COLUMNS, ResultsFile, path_key
 
 __all__ = ["IMAGE_EXTENSIONS", "Target", "ScanConfig", "ScanSummary", "discover", "scan"]
@@ -293,7 +293,9 @@ def _add_provenance(row: dict[str, Any], evidence: Provenance | None, overrides:
     """Fill a row's provenance columns; with ``overrides``, a scored file whose valid C2PA credentials say it was
     generated is labelled fake, and ``label_source`` says so where that changed the model's label."""
     row.update(dict.fromkeys(PROVENANCE_COLUMNS[len(COLUMNS) :]))
-    if evidence is not None:
+    if evidence is None:  # a path that failed discovery (missing, a link out of the folder): never opened
+        row.update(c2pa=C2PA_NOT_CHECKED, provenance_detail="not read")
+    else:
         row.update(evidence.columns())
     if row["error"] is None:
         row["label_source"] = "model"
