@@ -145,11 +145,12 @@ def _lines(text: str, universal: bool) -> Iterable[tuple[str, int]]:
 
 def _other_columns(name: str, found: Sequence[str], columns: Sequence[str]) -> ResultsError | None:
     """The error for a results file written with the other known set of columns (with or without provenance)."""
-    found, columns = tuple(found), tuple(columns)
-    if found == columns or found not in _WRITTEN_WITH or columns not in _WRITTEN_WITH:
+    written = next((how for known, how in _WRITTEN_WITH.items() if set(known) == set(found)), None)
+    scanning = _WRITTEN_WITH.get(tuple(columns))
+    if written is None or scanning is None or written == scanning:
         return None
-    return ResultsError(f"{name}: written {_WRITTEN_WITH[found]}, so this scan ({_WRITTEN_WITH[columns]}) cannot "
-                        f"resume it: resume {_WRITTEN_WITH[found]}, or start again with --overwrite")
+    return ResultsError(f"{name}: written {written}, so this scan ({scanning}) cannot resume it: resume {written}, "
+                        "or start again with --overwrite")
 
 
 def read_rows(path: Path, fmt: str, columns: Sequence[str] = COLUMNS) -> PreviousRows:
