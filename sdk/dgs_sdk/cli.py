@@ -113,15 +113,23 @@ def main() -> None:
 @click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default="auto", show_default=True,
               help="Package variant to run; auto: the fastest the backend runs well (see README).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on standard error [default: on a terminal].")
+@click.option("--provenance", is_flag=True, help="Also report provenance evidence beside the model's result: C2PA "
+              "content credentials and generator metadata (EXIF, XMP, PNG text).")
+@click.option("--provenance-overrides", is_flag=True, help="Label fake a file whose C2PA credentials are validly "
+              "signed and say it was generated; label_source records it (implies --provenance).")
+@click.option("--c2pa-trust-anchors", type=click.Path(dir_okay=False), help="PEM file of root certificates: C2PA "
+              "signers that chain to one are 'trusted' (implies --provenance).")
 def scan(paths, model, out, threshold, batch_size, workers, recursive, hidden, follow_symlinks, resume, overwrite,
-         backend, device, precision, progress) -> None:
+         backend, device, precision, progress, provenance, provenance_overrides, c2pa_trust_anchors) -> None:
     """Score every image in PATHS (files, folders or glob patterns).
 
-    Every file gets a row (path, probability, label, error), written a batch at a time. Exit code 0 when all
-    files were scored, 1 when some could not be (their rows say why), 2 for a usage problem or when the
-    results could not be written (the file then ends on a whole row), 130 or 143 when interrupted (rows
-    written so far are kept; --resume continues).
+    Every file gets a row (path, probability, label, error), written a batch at a time; --provenance adds the
+    columns label_source, c2pa, c2pa_signer, c2pa_generator, c2pa_source_type, metadata and provenance_detail.
+    Exit code 0 when all files were scored, 1 when some could not be (their rows say why), 2 for a usage
+    problem or when the results could not be written (the file then ends on a whole row), 130 or 143 when
+    interrupted (rows written so far are kept; --resume continues).
     """
+    from .provenance import c2pa_unavailable
     from .results import ResultsError
     from .scan import ScanConfig
     from .scan import scan as run_scan
@@ -129,8 +137,11 @@ def scan(paths, model, out, threshold, batch_size, workers, recursive, hidden, f
     config = ScanConfig(
         paths=paths, model=model, out=out, threshold=threshold, batch_size=batch_size, workers=workers,
         recursive=recursive, hidden=hidden, follow_symlinks=follow_symlinks, resume=resume, overwrite=overwrite,
-        backend=backend, device=device, precision=precision, progress=progress,
+        backend=backend, device=device, precision=precision, progress=progress, provenance=provenance,
+        provenance_overrides=provenance_overrides, c2pa_trust_anchors=c2pa_trust_anchors,
     )
+    if config.reads_provenance and (missing := c2pa_unavailable()):
+        click.echo(f"C2PA content credentials are not checked: {missing}; metadata is still read", err=True)
     if hasattr(sys.stdout, "reconfigure"):  # rows on stdout: file names that are not UTF-8 pass through as bytes
         sys.stdout.reconfigure(errors="surrogateescape")
     try:

@@ -8,6 +8,10 @@
   has each undecodable byte 0xXY written as the escape ``\\udcXY`` (Python's ``surrogateescape``;
   ``os.fsencode(row["path"])`` gives the original bytes back).
 
+A scan with provenance evidence (``dgs scan --provenance``) writes `PROVENANCE_COLUMNS`: the columns of
+`COLUMNS`, then where the label came from and what `dgs_sdk.provenance` found. A file is resumed only by a scan
+that writes the same columns.
+
 Rows are written a batch at a time and each write is either whole or undone: a write that fails (a full disk)
 truncates the file back to its last whole row. A new results file, or one replacing an old file
 (``overwrite``), is written under a temporary name and takes the old file's place only when its first rows
@@ -34,6 +38,8 @@ from .files import AtomicFile
 
 __all__ = [
     "COLUMNS",
+    "PROVENANCE_COLUMNS",
+    "LABEL_SOURCES",
     "OUTPUT_FORMATS",
     "ResultsError",
     "PreviousRows",
@@ -45,6 +51,12 @@ __all__ = [
 ]
 
 COLUMNS = ("path", "probability", "label", "error")
+# label_source: "model" (the detector's label), or "c2pa" where a validly signed C2PA claim of generated content
+# set the label against the model's (`dgs scan --provenance-overrides`); empty on error rows.
+PROVENANCE_COLUMNS = (*COLUMNS, "label_source", "c2pa", "c2pa_signer", "c2pa_generator", "c2pa_source_type",
+                      "metadata", "provenance_detail")
+LABEL_SOURCES = ("model", "c2pa")
+_WRITTEN_WITH = {COLUMNS: "without --provenance", PROVENANCE_COLUMNS: "with --provenance"}
 OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 # Cells that start with these are formulas (or become one) to spreadsheet programs; "'" is the escape itself.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
@@ -74,17 +86,18 @@ def _csv_line(values: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
-def encode_rows(rows: Iterable[dict[str, Any]], fmt: str) -> bytes:
-    """Rows (``path``, ``probability``, ``label``, ``error``) as the bytes of CSV or JSONL lines."""
+def encode_rows(rows: Iterable[dict[str, Any]], fmt: str, columns: Sequence[str] = COLUMNS) -> bytes:
+    """Rows (``path``, ``probability``, ``label``, ``error`` and any other ``columns``) as the bytes of CSV or
+    JSONL lines."""
     if fmt == "csv":
-        lines = (_csv_line([neutralise("" if row[c] is None else str(row[c])) for c in COLUMNS]) for row in rows)
+        lines = (_csv_line([neutralise("" if row[c] is None else str(row[c])) for c in columns]) for row in rows)
         return "".join(lines).encode("utf-8", "surrogateescape")
-    lines = (json.dumps({c: row[c] for c in COLUMNS}, ensure_ascii=False, allow_nan=False) + "\n" for row in rows)
+    lines = (json.dumps({c: row[c] for c in columns}, ensure_ascii=False, allow_nan=False) + "\n" for row in rows)
     return "".join(lines).encode("utf-8", "backslashreplace")  # a lone surrogate becomes the JSON escape \udcXY
 
 
-def csv_header() -> bytes:
-    return _csv_line(COLUMNS).encode()
+def csv_header(columns: Sequence[str] = COLUMNS) -> bytes:
+    return _csv_line(columns).encode()
 
 
 @dataclass
@@ -106,9 +119,13 @@ def path_key(path: str) -> str:
     return os.path.normpath(os.path.abspath(path))
 
 
-def _is_row(row: Any) -> bool:
-    """Whether ``row`` has the columns and value types a scan writes."""
-    if not isinstance(row, dict) or set(row) != set(COLUMNS) or not isinstance(row["path"], str) or not row["path"]:
+def _is_row(row: Any, columns: Sequence[str]) -> bool:
+    """Whether ``row`` has the ``columns`` and value types a scan writes."""
+    if not isinstance(row, dict) or set(row) != set(columns) or not isinstance(row["path"], str) or not row["path"]:
+        return False
+    if not all(row[c] is None or isinstance(row[c], str) for c in columns[len(COLUMNS) :]):
+        return False
+    if row.get("label_source") not in (None, *LABEL_SOURCES):
         return False
     probability, label, error = row["probability"], row["label"], row["error"]
     if error is not None:
@@ -126,13 +143,24 @@ def _lines(text: str, universal: bool) -> Iterable[tuple[str, int]]:
         yield line, position
 
 
-def read_rows(path: Path, fmt: str) -> PreviousRows:
+def _other_columns(name: str, found: Sequence[str], columns: Sequence[str]) -> ResultsError | None:
+    """The error for a results file written with the other known set of columns (with or without provenance)."""
+    written = next((how for known, how in _WRITTEN_WITH.items() if set(known) == set(found)), None)
+    scanning = _WRITTEN_WITH.get(tuple(columns))
+    if written is None or scanning is None or written == scanning:
+        return None
+    return ResultsError(f"{name}: written {written}, so this scan ({scanning}) cannot resume it: resume {written}, "
+                        "or start again with --overwrite")
+
+
+def read_rows(path: Path, fmt: str, columns: Sequence[str] = COLUMNS) -> PreviousRows:
     """Read a results file back: every whole row, and where the last one ends.
 
     A last row without its line end (the scan was killed while writing it) is not whole and is dropped.
 
     Raises:
-        ResultsError: the file is not a dgs results file of format ``fmt``; the message names the line.
+        ResultsError: the file is not a dgs results file of format ``fmt`` with ``columns`` (the message names
+            the line, or says which scan wrote a file of the other known columns).
     """
     name = os.fspath(path)
     try:
@@ -150,7 +178,9 @@ def read_rows(path: Path, fmt: str) -> PreviousRows:
 
     def take(row: Any, where: str) -> None:
         nonlocal whole
-        if not _is_row(row):
+        if not _is_row(row, columns):
+            if isinstance(row, dict) and (error := _other_columns(name, list(row), columns)):
+                raise error
             raise ResultsError(f"{name}:{where}: not a dgs results row; cannot resume into this file")
         previous.rows.append(row)
         whole = position
@@ -173,12 +203,13 @@ def read_rows(path: Path, fmt: str) -> PreviousRows:
                 if not ended():
                     break
                 if index == 0:
-                    if record != list(COLUMNS):
-                        raise ResultsError(f"{name}: not a dgs results file (its header is not {','.join(COLUMNS)})")
+                    if record != list(columns):
+                        raise _other_columns(name, record, columns) or ResultsError(
+                            f"{name}: not a dgs results file (its header is not {','.join(columns)})")
                     whole = position
                     continue
                 cells = [cell[1:] if cell.startswith("'") else cell or None for cell in record]  # undo `neutralise`
-                row = dict(zip(COLUMNS, cells, strict=True)) if len(cells) == len(COLUMNS) else None
+                row = dict(zip(columns, cells, strict=True)) if len(cells) == len(columns) else None
                 if row is not None and row["probability"] is not None:
                     try:
                         row["probability"] = float(row["probability"])
@@ -194,20 +225,22 @@ def read_rows(path: Path, fmt: str) -> PreviousRows:
 class ResultsFile:
     """Where a scan's rows go: a ``.csv`` or ``.jsonl`` file, or CSV on a stream when ``out`` is None.
 
-    Nothing is written until `write` is first called. Then a new file (or one replacing the old file, with
+    Rows have the ``columns`` (`COLUMNS`, or `PROVENANCE_COLUMNS`). Nothing is written until `write` is first
+    called. Then a new file (or one replacing the old file, with
     ``overwrite``) takes its place atomically with its first rows; with ``resume``, a partial last row is cut
     off and rows are appended.
 
     Raises (at creation):
         ResultsError: ``out`` exists and neither ``resume`` nor ``overwrite`` is given, or it is not a regular
-            file, or (with ``resume``) it is not a results file of its format.
+            file, or (with ``resume``) it is not a results file of its format and ``columns``.
         ValueError: ``out`` has an unknown extension, or its folder does not exist.
     """
 
     def __init__(self, out: str | os.PathLike | None, resume: bool = False, overwrite: bool = False,
-                 stream: IO[str] | None = None) -> None:
+                 stream: IO[str] | None = None, columns: Sequence[str] = COLUMNS) -> None:
         self.out = None if out is None else Path(out)
         self.fmt = "csv" if out is None else output_format(out)
+        self.columns = tuple(columns)
         self.stream = stream
         self.resume = resume
         self.previous = PreviousRows()
@@ -232,7 +265,7 @@ class ResultsFile:
                     f"{out}: already exists; --resume continues the scan that wrote it, --overwrite replaces it"
                 )
             if resume:
-                self.previous = read_rows(self.out, self.fmt)
+                self.previous = read_rows(self.out, self.fmt, self.columns)
         else:
             self.resume = False  # nothing to resume: a new file
 
@@ -244,7 +277,7 @@ class ResultsFile:
         """
         if not rows:
             return
-        data = encode_rows(rows, self.fmt)
+        data = encode_rows(rows, self.fmt, self.columns)
         if self.out is None:
             self._write_stream(data)
             return
@@ -271,7 +304,7 @@ class ResultsFile:
         stream = self.stream or sys.stdout
         try:
             if self._length == 0:
-                stream.write(csv_header().decode())
+                stream.write(csv_header(self.columns).decode())
                 self._length = 1
             stream.write(data.decode("utf-8", "surrogateescape"))
             stream.flush()
@@ -280,7 +313,7 @@ class ResultsFile:
             raise ResultsError(f"standard output: cannot write results ({e.strerror or e})") from None
 
     def _open(self, first_rows: bytes) -> None:
-        header = csv_header() if self.fmt == "csv" else b""
+        header = csv_header(self.columns) if self.fmt == "csv" else b""
         if self.resume:
             self._fd = os.open(self.out, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
             os.ftruncate(self._fd, self.previous.whole)  # drop a partial last row

@@ -8,17 +8,20 @@ import itertools
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from tqdm import tqdm
 
 from .detector import FAKE, Detector, Prediction
 from .errors import DgsError
 from .files import ConfinedPath, inside
-from .results import ResultsFile, path_key
+from .provenance import C2PA_NOT_CHECKED, Provenance, ProvenanceReader
+from .results import COLUMNS, PROVENANCE_COLUMNS, ResultsFile, path_key
 
 __all__ = ["IMAGE_EXTENSIONS", "Target", "ScanConfig", "ScanSummary", "discover", "scan"]
 
@@ -173,7 +176,14 @@ def discover(paths: Iterable[str], recursive: bool = True, follow_symlinks: bool
 
 @dataclass
 class ScanConfig:
-    """Everything `dgs scan` takes; `scan` runs it."""
+    """Everything `dgs scan` takes; `scan` runs it.
+
+    ``provenance`` adds the provenance columns (`dgs_sdk.results.PROVENANCE_COLUMNS`: C2PA credentials and
+    generator metadata, see `dgs_sdk.provenance`) beside the model's result. ``provenance_overrides`` lets a
+    validly signed C2PA claim of generated content label a scored file fake (``label_source`` then says
+    ``c2pa``), and ``c2pa_trust_anchors`` names a PEM file of root certificates whose signers are ``trusted``;
+    either implies ``provenance``.
+    """
 
     paths: Sequence[str]
     model: str
@@ -190,12 +200,20 @@ class ScanConfig:
     device: str | None = None
     precision: str = "auto"
     progress: bool | None = None  # None: a bar when stderr is a terminal
+    provenance: bool = False
+    provenance_overrides: bool = False
+    c2pa_trust_anchors: str | None = None
+
+    @property
+    def reads_provenance(self) -> bool:
+        return self.provenance or self.provenance_overrides or self.c2pa_trust_anchors is not None
 
 
 @dataclass
 class ScanSummary:
     """Counts and speed of a finished scan; ``resumed`` rows (``resumed_scored`` of them scored) came from the
-    interrupted scan it continued."""
+    interrupted scan it continued; ``c2pa_labels`` files were labelled fake by C2PA credentials against the
+    model (`ScanConfig.provenance_overrides`)."""
 
     real: int = 0
     fake: int = 0
@@ -204,6 +222,7 @@ class ScanSummary:
     resumed: int = 0
     resumed_scored: int = 0
     scored_with: str = ""  # the backend, device and variant, in words
+    c2pa_labels: int = 0
 
     @property
     def scored(self) -> int:
@@ -229,11 +248,13 @@ class ScanSummary:
             self.fake += 1
         else:
             self.real += 1
+        self.c2pa_labels += row.get("label_source") == "c2pa"
 
     def line(self) -> str:
         earlier = f" ({self.resumed} of them from the interrupted scan)" if self.resumed else ""
+        overridden = f" ({self.c2pa_labels} of them by C2PA credentials)" if self.c2pa_labels else ""
         return (
-            f"{self.total} files{earlier}: {self.real} real, {self.fake} fake, {self.errors} errors "
+            f"{self.total} files{earlier}: {self.real} real, {self.fake} fake{overridden}, {self.errors} errors "
             f"in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s)"
             + (f" with {self.scored_with}" if self.scored_with else "")
         )
@@ -247,6 +268,41 @@ def _predictions(detector: Detector, targets: list[Target]) -> Iterator[Predicti
         yield Prediction(target.path, error=target.error) if target.error else next(stream)
 
 
+def _provenance(reader: ProvenanceReader, targets: list[Target], workers: int) -> Iterator[Provenance | None]:
+    """The provenance of every target, in order, read by ``workers`` threads a bounded way ahead of the caller;
+    None for targets that failed discovery. Close the iterator to stop the threads."""
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dgs-provenance")
+    queue = iter(targets)
+    ahead: deque[Future | None] = deque()
+
+    def submit(count: int) -> None:
+        for target in itertools.islice(queue, count):
+            ahead.append(None if target.error else pool.submit(reader.read, target.source))
+
+    try:
+        submit(2 * workers)
+        while ahead:
+            future = ahead.popleft()
+            submit(1)
+            yield None if future is None else future.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _add_provenance(row: dict[str, Any], evidence: Provenance | None, overrides: bool) -> None:
+    """Fill a row's provenance columns; with ``overrides``, a scored file whose valid C2PA credentials say it was
+    generated is labelled fake, and ``label_source`` says so where that changed the model's label."""
+    row.update(dict.fromkeys(PROVENANCE_COLUMNS[len(COLUMNS) :]))
+    if evidence is None:  # a path that failed discovery (missing, a link out of the folder): never opened
+        row.update(c2pa=C2PA_NOT_CHECKED, provenance_detail="not read")
+    else:
+        row.update(evidence.columns())
+    if row["error"] is None:
+        row["label_source"] = "model"
+        if overrides and evidence is not None and evidence.c2pa.claims_generated and row["label"] != FAKE:
+            row["label"], row["label_source"] = FAKE, "c2pa"
+
+
 def scan(config: ScanConfig, detector: Detector | None = None, stream: IO[str] | None = None) -> ScanSummary:
     """Score every image the config names and write a row per file.
 
@@ -254,14 +310,20 @@ def scan(config: ScanConfig, detector: Detector | None = None, stream: IO[str] |
     CSV to ``stream`` (standard output by default), a batch at a time, so an interrupted scan loses at most
     one batch; ``config.resume`` skips the files that already have a row. The output is checked before the
     model is loaded, and an existing file is replaced or appended to only once the first batch is scored.
-    The progress bar goes to standard error.
+    With provenance (`ScanConfig.reads_provenance`), each file's evidence is read by threads of its own beside
+    the model's and written in the same row. The progress bar goes to standard error.
 
     Raises:
         ValueError: a bad output name or option combination (checked before the model is loaded).
-        DgsError: the model package or backend cannot be used, or the results cannot be written
-            (`ResultsError`; the file then ends on a whole row).
+        DgsError: the model package or backend cannot be used, the C2PA trust anchors cannot be used
+            (`ProvenanceError`), or the results cannot be written (`ResultsError`; the file then ends on a whole
+            row).
     """
-    results = ResultsFile(config.out, resume=config.resume, overwrite=config.overwrite, stream=stream)
+    provenance = config.reads_provenance
+    columns = PROVENANCE_COLUMNS if provenance else COLUMNS
+    results = ResultsFile(config.out, resume=config.resume, overwrite=config.overwrite, stream=stream,
+                          columns=columns)
+    reader = ProvenanceReader.from_trust_file(config.c2pa_trust_anchors) if provenance else None
     detector = detector or Detector(
         config.model,
         backend=config.backend,
@@ -280,11 +342,14 @@ def scan(config: ScanConfig, detector: Detector | None = None, stream: IO[str] |
     targets = [t for t in found if path_key(t.path) not in done]
     start = time.perf_counter()
     pending: list[dict] = []
+    evidence = _provenance(reader, targets, detector.workers) if reader else itertools.repeat(None, len(targets))
     try:
         quiet = None if config.progress is None else not config.progress  # tqdm: None = only on a terminal
         with tqdm(total=len(targets), unit="img", file=sys.stderr, disable=quiet) as bar:
-            for prediction in _predictions(detector, targets):
+            for prediction, found in zip(_predictions(detector, targets), evidence, strict=True):
                 row = prediction.to_dict()
+                if provenance:
+                    _add_provenance(row, found, config.provenance_overrides)
                 summary.count(row)
                 pending.append(row)
                 if len(pending) >= detector.batch_size:
@@ -301,6 +366,8 @@ def scan(config: ScanConfig, detector: Detector | None = None, stream: IO[str] |
                 pass  # the error being raised says more
         raise
     finally:
+        if reader:
+            evidence.close()
         results.close()
     summary.seconds = time.perf_counter() - start
     return summary
