@@ -100,12 +100,13 @@ def _tail(text: str, width: int) -> str:
 
 def _wrapped(text: str, width: int = 26) -> str:
     """A long name on two lines of at most ``width`` characters, broken after a separator where there is one
-    (generator names are often one long word such as ``stable-diffusion-xl-turbo``), the rest elided."""
+    (generator names are often one long word such as ``stable-diffusion-xl-turbo``); past two lines the middle is
+    elided, since names of one family differ by their ends (``...-v1-4``, ``...-v1-5``)."""
     if len(text) <= width:
         return text
     cut = max((text.rfind(c, 0, width) + 1 for c in " -_./"), default=0) or width
     first, rest = text[:cut].rstrip(), text[cut:].lstrip()
-    return first + "\n" + (rest if len(rest) <= width else rest[:width - 1] + "…")
+    return first + "\n" + (rest if len(rest) <= width else "…" + text[-(width - 1):].lstrip())
 
 
 def _class_counts(truth: np.ndarray) -> str:
@@ -117,14 +118,19 @@ def _one_class(ax: Any, truth: np.ndarray) -> None:
     ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="0.3")
 
 
-def _grid(Figure: Any, panels: int, width: float, height: float, extra_height: float = 0.0) -> tuple[Any, list[Any]]:
+def _grid(Figure: Any, panels: int, width: float, height: float, extra_height: float = 0.0,
+          shared: bool = False) -> tuple[Any, list[Any]]:
+    """A figure of ``panels`` axes; ``shared``: one scale for all, tick labels only on the outer panels."""
     # as square a grid as fits in four columns: 5 panels in 3 + 2, not 4 + 1
     columns = panels if panels <= _COLUMNS else min(_COLUMNS, math.ceil(math.sqrt(panels)))
     rows = -(-panels // columns)
     figure = Figure(figsize=(width * columns, height * rows + extra_height), layout="constrained")
-    axes = figure.subplots(rows, columns, squeeze=False).ravel().tolist()
+    axes = figure.subplots(rows, columns, squeeze=False, sharex=shared, sharey=shared).ravel().tolist()
     for ax in axes[panels:]:
         ax.set_visible(False)
+    if shared:  # x labels under the lowest panel of each column, which may not be in the last row
+        for i, ax in enumerate(axes[:panels]):
+            ax.tick_params(labelbottom=i + columns >= panels, labelleft=i % columns == 0)
     return figure, axes[:panels]
 
 
@@ -132,7 +138,7 @@ def _roc_panel(ax: Any, scores: Sequence[DetectorScores], generator: str | None,
     """ROC curves of every detector on one generator (or all); False when the data holds one class only."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal")
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="auto" if small else "equal")
     ax.grid(alpha=0.3)
     drawn = False
     for i, (s, color) in enumerate(zip(scores, _colors(len(scores)), strict=True)):
@@ -159,7 +165,7 @@ def _pr_panel(ax: Any, scores: Sequence[DetectorScores], generator: str | None, 
     """Precision-recall curves of every detector on one generator (or all), fake as the positive class."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
-    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal")
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="auto" if small else "equal")
     ax.grid(alpha=0.3)
     truth_all = scores[0].scored(generator)[0] if scores else np.array([])
     both = bool((truth_all == REAL).any() and (truth_all == FAKE).any())
@@ -214,13 +220,16 @@ def _curve_figure(kind: str, scores: Sequence[DetectorScores], generators: Seque
         ax.set(xlabel=xlabel, ylabel=ylabel)
         ax.set_title(title, fontsize=11)
         return figure
-    figure, axes = _grid(Figure, len(generators), 3.4, 3.6, extra_height=0.6)
+    figure, axes = _grid(Figure, len(generators), 3.2, 3.4, extra_height=0.6, shared=True)
     for ax, generator in zip(axes, generators, strict=True):
         if panel(ax, scores, generator, small=True):
             ax.legend(loc=location, fontsize=6.5, framealpha=0.9, handlelength=1.5)
         truth = scores[0].scored(generator)[0] if scores else np.array([])
         ax.set_title(f"{_wrapped(generator)}\n{_class_counts(truth)}", fontsize=8.5)
         ax.tick_params(labelsize=7)
+    ticks = [0, 0.25, 0.5, 0.75, 1]  # fixed: drawing many panels spends most of its time placing automatic ticks
+    axes[0].set_xticks(ticks, ["0", ".25", ".5", ".75", "1"])
+    axes[0].set_yticks(ticks, ["0", ".25", ".5", ".75", "1"])
     figure.suptitle(title + "\n(● marks each detector at its threshold)", fontsize=11)
     figure.supxlabel(xlabel, fontsize=9.5)
     figure.supylabel(ylabel, fontsize=9.5)
