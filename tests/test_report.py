@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 import sys
@@ -211,6 +212,10 @@ def test_fingerprint_changes_with_bytes_and_labels_not_with_order(tmp_path):
     first = data_fingerprint(samples, root)
     assert first.files == 10 and not first.unreadable and re.fullmatch(r"[0-9a-f]{64}", first.sha256)
     assert data_fingerprint(list(reversed(samples)), root) == first
+    # the documented listing, recomputed independently
+    lines = sorted(json.dumps([Path(s.path).relative_to(root).as_posix(), s.label,
+                               hashlib.sha256(Path(s.path).read_bytes()).hexdigest()]) + "\n" for s in samples)
+    assert first.sha256 == hashlib.sha256("".join(lines).encode()).hexdigest()
     moved = tmp_path / "moved elsewhere"
     root.rename(moved)
     assert data_fingerprint(discover_samples(moved), moved).sha256 == first.sha256  # paths relative to the root

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,7 +36,6 @@ from .data import FAKE, Sample
 from .errors import EvaluationError
 from .figures import DetectorScores, RobustnessSeries, draw_report_figures, require_matplotlib
 from .files import AtomicFile, open_regular
-from .limits import MAX_FILE_BYTES
 
 __all__ = [
     "HEADING",
@@ -89,7 +89,7 @@ class DataFingerprint:
 def _file_sha256(path: str) -> tuple[str | None, str | None]:
     """The sha256 of a regular file's bytes, or None and why it could not be read."""
     try:
-        f, size = open_regular(path, MAX_FILE_BYTES * 64, EvaluationError)
+        f, size = open_regular(path, sys.maxsize, EvaluationError)  # no size cap: the bytes are streamed, not held
     except EvaluationError as e:
         return None, str(e)
     digest = hashlib.sha256()
@@ -113,10 +113,11 @@ def _relative(path: str, root: Path) -> str:
 def data_fingerprint(samples: Sequence[Sample], root: str | os.PathLike, workers: int = 8) -> DataFingerprint:
     """A checksum of labelled data that changes when an image's bytes or label change, and only then.
 
-    The listing is one line per sample, ``["<path relative to root>", <label>, "<sha256 of its bytes>"]\\n`` (a
-    JSON array, paths with ``/``), the lines sorted; the fingerprint is the sha256 of its UTF-8 bytes. So it does
-    not depend on the order of the samples or on where the data root lies. A file that cannot be read is listed
-    with ``"unreadable"`` instead of its checksum and reported, never fatal.
+    The listing is one line per sample, ``["<path relative to root>", <label>, "<sha256 of its bytes>"]\\n``: a
+    JSON array as Python's ``json.dumps`` writes it (``", "`` between items, characters past ASCII escaped), the
+    path with ``/``, the label 0 (real) or 1 (fake). The lines are sorted and the fingerprint is the sha256 of
+    their ASCII bytes, so it depends neither on the order of the samples nor on where the data root lies. A file
+    that cannot be read is listed with ``"unreadable"`` in place of its checksum and reported, never fatal.
 
     Args:
         samples: the labelled images.
@@ -134,7 +135,7 @@ def data_fingerprint(samples: Sequence[Sample], root: str | os.PathLike, workers
         if sha is None:
             unreadable[sample.path] = error or "unreadable"
         lines.append(json.dumps([_relative(sample.path, root), int(sample.label), sha or "unreadable"]) + "\n")
-    digest = hashlib.sha256("".join(sorted(lines)).encode("utf-8", "surrogateescape")).hexdigest()
+    digest = hashlib.sha256("".join(sorted(lines)).encode("ascii")).hexdigest()
     return DataFingerprint(digest, len(samples), unreadable)
 
 
@@ -165,7 +166,7 @@ def _is_previous_report(out: Path, entries: list[os.DirEntry]) -> bool:
     if MARKDOWN_FILE not in names or not marker.is_file() or marker.is_symlink():
         return False
     with open(marker, "rb") as f:
-        if f.readline().rstrip(b"\r\n") != HEADING.encode():
+        if f.readline(256).rstrip(b"\r\n") != HEADING.encode():
             return False
     for entry in entries:
         if _LEFT_BY_ATOMIC_WRITE.search(entry.name) and any(entry.name.startswith(n + ".") for n in _REPORT_ENTRIES):
@@ -338,18 +339,27 @@ def write_report(out_dir: str | os.PathLike, reports: Sequence[dict[str, Any]], 
     require_matplotlib()
     out = Path(out_dir)
     previous = _check_out_dir(out, reports, samples)
+    try:
+        written = _write_folder(out, reports, labels, samples, comparison, fresh=not previous)
+    except OSError as e:
+        raise EvaluationError(f"{out}: cannot write the report ({e.strerror or e}: {e.filename or out})") from None
+    for stale in previous - set(written):  # a previous report's files that this one has not rewritten
+        stale.unlink(missing_ok=True)
+    return written
+
+
+def _write_folder(out: Path, reports: Sequence[dict[str, Any]], labels: Sequence[str], samples: Sequence[Sample],
+                  comparison: dict[str, Any] | None, fresh: bool) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     (out / FIGURES_DIR).mkdir(exist_ok=True)
-    if not previous:  # the marker first: an interrupted write leaves a folder recognised as a report
+    if fresh:  # the marker first: an interrupted write leaves a folder recognised as a report
         _write_bytes(out / MARKDOWN_FILE, _text(f"{HEADING}\n\n(being written)\n"))
-
-    written = [_write_bytes(out / METRICS_FILE, _text(json.dumps(
-        reports[0] if comparison is None else {"detectors": list(reports), "comparison": comparison}, indent=2)))]
+    both = reports[0] if comparison is None else {"detectors": list(reports), "comparison": comparison}
+    written = [_write_bytes(out / METRICS_FILE, _text(json.dumps(both, indent=2)))]
     written.append(_write_bytes(out / TABLE_FILE, _csv(_table_rows(reports, labels))))
     robustness = _Robustness.of(reports)
     if robustness.kinds:
         written.append(_write_bytes(out / ROBUSTNESS_FILE, _csv(_robustness_rows(reports, labels, robustness))))
-
     drawn = draw_report_figures(out / FIGURES_DIR, _scores(reports, labels, samples),
                                 _robustness_series(reports, labels, robustness))
     written.extend(figure.path for figure in drawn)
@@ -358,8 +368,6 @@ def write_report(out_dir: str | os.PathLike, reports: Sequence[dict[str, Any]], 
     text = _markdown(reports, labels, samples, fingerprint, comparison, robustness.kinds, links,
                      datetime.now(timezone.utc))
     written.append(_write_bytes(out / MARKDOWN_FILE, _text(text)))
-    for stale in previous - set(written):
-        stale.unlink(missing_ok=True)
     return written
 
 
