@@ -157,7 +157,7 @@ def test_per_generator_csv_holds_the_reports_figures(evaluated):
             row = by_key[(label, generator)]
             assert int(row["count"]) == m["count"]
             for key in ("acc", "real_acc", "fake_acc", "ap", "auc"):
-                assert row[key] == "" if m[key] is None else float(row[key]) == m[key], (label, generator, key)
+                assert (row[key] == "") if m[key] is None else (float(row[key]) == m[key]), (label, generator, key)
             assert float(row["threshold"]) == report["threshold"]
     assert by_key[("teacher.dgs", "onlyfake")]["auc"] == "" and by_key[("teacher.dgs", "sdxl")]["auc"] != ""
 
