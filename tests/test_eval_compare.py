@@ -214,3 +214,39 @@ def test_perturb_errors_come_before_any_scoring(clip_package, dataset):
         assert result.exit_code == 2 and message in result.output and "evaluating" not in result.output
     twice = invoke("eval", clip_package, "--data", dataset, "--perturb", "jpeg:75", "--perturb", "jpeg:90,75")
     assert twice.exit_code == 2 and "--perturb jpeg:75 is given twice" in twice.output
+
+
+def test_report_folder_from_the_command_line(tmp_path, clip_package, patch_package, dataset):
+    pytest.importorskip("matplotlib")
+    import cv2
+
+    report_dir, json_out = tmp_path / "réport dir", tmp_path / "same.json"
+    result = invoke("eval", clip_package, patch_package, "--data", dataset, "--device", "cpu", "--perturb", "blur:2",
+                    "--report", report_dir, "--json", json_out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert f"report written to {report_dir}" in result.output
+    assert json.loads((report_dir / "metrics.json").read_text()) == json.loads(json_out.read_text())
+    figures = sorted(p.name for p in (report_dir / "figures").iterdir())
+    assert figures == ["confusion.png", "histograms.png", "pr.png", "pr_generators.png", "robustness_blur.png",
+                       "roc.png", "roc_generators.png"]
+    for name in figures:
+        image = cv2.imread(str(report_dir / "figures" / name))
+        assert image is not None and image.std() > 10, name
+        assert f"figures/{name}" in (report_dir / "report.md").read_text()
+    robustness = (report_dir / "robustness.csv").read_text().splitlines()
+    assert robustness[0].startswith("detector,perturbation,level,generator")
+    assert any(",blur,2," in line for line in robustness)
+    # A second report into the same folder replaces the first; a folder holding other files is refused before any
+    # image is scored
+    again = invoke("eval", clip_package, "--data", dataset, "--device", "cpu", "--report", report_dir, "--no-progress")
+    assert again.exit_code == 0, again.output
+    assert not (report_dir / "robustness.csv").exists() and not (report_dir / "figures" / "robustness_blur.png").exists()
+    assert patch_package.name not in (report_dir / "report.md").read_text()
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("mine")
+    refused = invoke("eval", clip_package, "--data", dataset, "--report", other)
+    assert refused.exit_code == 2 and f"{other}: is a folder that holds other files" in refused.output
+    assert "evaluating" not in refused.output and (other / "todo.txt").read_text() == "mine"
+    inside = invoke("eval", clip_package, "--data", dataset, "--report", dataset / "report")
+    assert inside.exit_code == 2 and "lies inside the data root" in inside.output

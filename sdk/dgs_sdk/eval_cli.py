@@ -178,7 +178,7 @@ def eval_command(targets: tuple[str, ...], others: tuple[str, ...], perturb: tup
     if report_dir:
         from .report import check_report_dir
 
-        check_report_dir(report_dir, targets)
+        check_report_dir(report_dir, options["data"])
     from .comparison import compare_reports, detector_labels, format_comparison
 
     labels = detector_labels(targets)

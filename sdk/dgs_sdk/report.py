@@ -39,6 +39,7 @@ from .files import AtomicFile, open_regular
 
 __all__ = [
     "HEADING",
+    "check_report_dir",
     "METRICS_FILE",
     "TABLE_FILE",
     "ROBUSTNESS_FILE",
@@ -312,6 +313,17 @@ def _robustness_rows(reports: Sequence[dict[str, Any]], labels: Sequence[str], r
 
 def _safe_name(kind: str, index: int) -> str:
     return kind if re.fullmatch(r"[A-Za-z0-9_-]{1,40}", kind) else f"perturbation{index}"
+
+
+def check_report_dir(out_dir: str | os.PathLike, data: str | os.PathLike) -> None:
+    """What `write_report` checks before writing that does not need the reports: matplotlib is installed and
+    ``out_dir`` may hold a report of ``data``. `dgs eval --report` calls it before anything is scored.
+
+    Raises:
+        EvaluationError: as `write_report`.
+    """
+    require_matplotlib()
+    _check_out_dir(Path(out_dir), [{"data": os.fspath(data)}], [])
 
 
 def write_report(out_dir: str | os.PathLike, reports: Sequence[dict[str, Any]], labels: Sequence[str],
