@@ -185,7 +185,7 @@ def info(model) -> None:
     click.echo(f"dgs {__version__}")
     click.echo(f"python {platform.python_version()} ({platform.machine()}, {platform.system()})")
     distributions = ("numpy", "opencv-python-headless", "pillow", "onnxruntime", "onnxruntime-gpu", "click", "torch",
-                     "open_clip_torch", "onnx", "tensorrt")
+                     "open_clip_torch", "onnx", "tensorrt", "matplotlib", "c2pa-python")
     for dist in distributions:
         click.echo(f"  {dist}: {_version_of(dist)}")
     usable = available_backends()
