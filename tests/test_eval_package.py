@@ -56,7 +56,7 @@ def invoke(*args):
 def test_package_report_matches_the_run_it_was_exported_from(run, package, dataset):
     by_run = evaluate_run(EvalConfig(run=str(run), data=str(dataset), device="cpu", workers=0), progress=False)
     by_package = evaluate_package(PackageEvalConfig(model=str(package), data=str(dataset), device="cpu"))
-    assert set(by_run) - {"run", "tta"} <= set(by_package)
+    assert set(by_run) - {"run", "tta", "checkpoint"} <= set(by_package)
     assert by_package["threshold"] == by_run["threshold"] and by_package["threshold_source"] == "default"
     assert list(by_package["metrics"]) == list(by_run["metrics"]) == ["blocky", "smooth", "mean"]
     for generator, expected in by_run["metrics"].items():

@@ -275,6 +275,8 @@ def test_bad_inputs_exit_2_with_one_line_naming_the_file(tmp_path, photo_path, c
     (("--window", "32", "--stride", "1"), f"at most {MAX_WINDOWS:,} are run: use a stride of at least 4 px"),
     (("--window", "32", "--stride", "33"), "stride 33 px: must be from 1 to the window, 32 px"),
     (("--window", "225",), "window 225 px: must be from 1 to the model input's size, 224 px"),
+    (("--window", "3",), f"more than {MAX_WINDOWS:,} masked inputs on a 224-px model input at any stride; use a "
+                         "window of at least 4 px"),
 ])
 def test_occlusion_settings_are_checked(tmp_path, photo_path, clip_package, options, expected):
     result = run_cli(photo_path, "-m", clip_package, "-o", tmp_path / "out", *options)
@@ -304,3 +306,13 @@ def test_missing_matplotlib_names_the_extra(tmp_path, photo_path, clip_package, 
     result = run_cli(photo_path, "-m", clip_package, "-o", tmp_path / "out")
     assert result.exit_code == 2 and 'pip install "dgs[report]"' in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_file_names_with_dollars_and_bytes_that_are_not_utf8_are_titles_as_written(tmp_path, photos, clip_package):
+    """``$`` would start matplotlib's mathtext (a lone one fails the drawing); a surrogate-escaped byte fails the
+    font renderer."""
+    for i, name in enumerate(["a$\\frac{$b.png", "caf\udce9.png"]):
+        image_path = write_image(tmp_path / name, photos["coffee"][:96, :96])
+        result = run_cli(image_path, "-m", clip_package, "-o", tmp_path / f"out{i}", "--stride", "32")
+        assert result.exit_code == 0, result.output
+        assert_readable_figure(tmp_path / f"out{i}" / "occlusion.png")

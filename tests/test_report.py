@@ -336,6 +336,16 @@ def test_many_long_generator_names_are_paged_and_a_one_class_panel_says_so(tmp_p
 
 
 
+def test_names_with_dollars_and_bytes_that_are_not_utf8_are_drawn_as_written(tmp_path):
+    """Detector and generator names come from file and folder names: ``$`` would start matplotlib's mathtext (a
+    lone one fails the drawing) and a surrogate-escaped byte fails the font renderer."""
+    generators = {"a$\\frac{$b": (2, 2), "caf\udce9": (2, 2)}
+    samples, report = single(tmp_path, generators)
+    written = write_report(tmp_path / "report", [report], ["s$\\frac{$.dgs"], samples)
+    assert (tmp_path / "report" / "figures" / "roc_generators.png") in written
+    assert figures.figure_text("a$b\udce9") == "a\\$b\\udce9"
+
+
 def test_data_of_one_class_only_gives_a_report_that_says_so(tmp_path):
     root = tmp_path / "fakes"
     fakes = make_data(root, {"sdxl": (0, 4), "biggan": (0, 3)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,8 @@ def explain_command(image, model, out, window, stride, threshold, batch_size, ba
                            precision=precision,
                            occlusion=OcclusionSettings(window=window, stride=stride, batch_size=batch_size))
     explanation, written = explain(config)
+    if hasattr(sys.stdout, "reconfigure"):  # file names that are not UTF-8 pass through as bytes, as dgs scan's
+        sys.stdout.reconfigure(errors="surrogateescape")
     e = explanation
     click.echo(f"{image}: P(fake) = {e.probability:.4f} (logit {e.logit:+.4f}), {e.label} at threshold "
                f"{e.threshold:.4g}")

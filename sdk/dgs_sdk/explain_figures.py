@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from .explain import ExplainError, Explanation
+from .figures import figure_text
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -57,7 +58,7 @@ def _save(figure: Figure, file: IO[bytes]) -> None:
 
 def _short_name(source: str, limit: int = 60) -> str:
     name = source if source.startswith("<") else os.path.basename(source) or source
-    return name if len(name) <= limit else name[: limit - 1] + "…"
+    return figure_text(name if len(name) <= limit else name[: limit - 1] + "…")
 
 
 def _verdict(explanation: Explanation) -> str:

@@ -26,6 +26,7 @@ __all__ = [
     "PANELS_PER_FIGURE",
     "DetectorScores",
     "require_matplotlib",
+    "figure_text",
     "roc_figure",
     "pr_figure",
     "histogram_figure",
@@ -41,6 +42,13 @@ DPI = 150
 PANELS_PER_FIGURE = 12  # small multiples per figure: four columns of three rows stay legible on a screen
 _COLUMNS = 4
 _REAL_COLOR, _FAKE_COLOR = "#1f77b4", "#d62728"
+
+
+def figure_text(text: str) -> str:
+    """A name from a file or folder as matplotlib draws it literally: ``$`` escaped (it would start mathtext, and
+    a stray one fails the drawing), and code points that are not characters (a file name that is not UTF-8) as
+    backslash escapes (the font renderer refuses them)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("$", r"\$")
 
 
 @dataclass(frozen=True)

@@ -74,8 +74,12 @@ class OcclusionSettings:
             raise OcclusionError(f"occlusion batch size must be at least 1, got {self.batch_size}")
         count = len(window_starts(size, window, stride)) ** 2
         if count > MAX_WINDOWS:
-            smallest = next(s for s in range(stride, window + 1) if len(window_starts(size, window, s)) ** 2
-                            <= MAX_WINDOWS)
+            smallest = next((s for s in range(stride, window + 1) if len(window_starts(size, window, s)) ** 2
+                             <= MAX_WINDOWS), None)
+            if smallest is None:
+                fewest = next(w for w in range(window, size + 1) if len(window_starts(size, w, w)) ** 2 <= MAX_WINDOWS)
+                raise OcclusionError(f"occlusion window {window} px gives more than {MAX_WINDOWS:,} masked inputs on a "
+                                     f"{size}-px model input at any stride; use a window of at least {fewest} px")
             raise OcclusionError(f"occlusion stride {stride} px with a {window}-px window gives {count:,} masked "
                                  f"inputs on a {size}-px model input; at most {MAX_WINDOWS:,} are run: use a stride of "
                                  f"at least {smallest} px or a larger window")

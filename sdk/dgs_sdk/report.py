@@ -34,7 +34,7 @@ import numpy as np
 from .comparison import compare_reports, describe_detector
 from .data import FAKE, Sample
 from .errors import EvaluationError
-from .figures import DetectorScores, RobustnessSeries, draw_report_figures, require_matplotlib
+from .figures import DetectorScores, RobustnessSeries, draw_report_figures, figure_text, require_matplotlib
 from .files import AtomicFile, open_regular
 
 __all__ = [
@@ -385,12 +385,12 @@ def _write_folder(out: Path, reports: Sequence[dict[str, Any]], labels: Sequence
 
 def _scores(reports: Sequence[dict[str, Any]], labels: Sequence[str], samples: Sequence[Sample]) -> list:
     truth = np.array([s.label for s in samples], dtype=int)
-    generator = np.array([s.generator for s in samples], dtype=object)
+    generator = np.array([figure_text(s.generator) for s in samples], dtype=object)
     result = []
     for label, report in zip(labels, reports, strict=True):
         p = report["probabilities"]
         probability = np.array([math.nan if p[s.path] is None else p[s.path] for s in samples], dtype=float)
-        result.append(DetectorScores(label, truth, probability, generator, float(report["threshold"])))
+        result.append(DetectorScores(figure_text(label), truth, probability, generator, float(report["threshold"])))
     return result
 
 
@@ -401,7 +401,7 @@ def _robustness_series(reports: Sequence[dict[str, Any]], labels: Sequence[str],
         values = {}
         for label, report in zip(labels, reports, strict=True):
             entries = [robustness.entry(report, kind, level) for level in levels]
-            values[label] = {key: [e["metrics"]["mean"][key] if e else None for e in entries] for key in ("auc", "acc")}
+            values[figure_text(label)] = {key: [e["metrics"]["mean"][key] if e else None for e in entries] for key in ("auc", "acc")}
         series.append(RobustnessSeries(kind, _safe_name(kind, index), PERTURBATION_TITLES.get(kind, kind),
                                        LEVEL_NAMES.get(kind, f"{kind} level"), levels, values))
     return series
