@@ -401,7 +401,8 @@ def _robustness_series(reports: Sequence[dict[str, Any]], labels: Sequence[str],
         values = {}
         for label, report in zip(labels, reports, strict=True):
             entries = [robustness.entry(report, kind, level) for level in levels]
-            values[figure_text(label)] = {key: [e["metrics"]["mean"][key] if e else None for e in entries] for key in ("auc", "acc")}
+            values[figure_text(label)] = {key: [e["metrics"]["mean"][key] if e else None for e in entries]
+                                          for key in ("auc", "acc")}
         series.append(RobustnessSeries(kind, _safe_name(kind, index), PERTURBATION_TITLES.get(kind, kind),
                                        LEVEL_NAMES.get(kind, f"{kind} level"), levels, values))
     return series
