@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -62,16 +64,30 @@ def test_resize_and_crop_geometry(photo):
         resize(np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (20000, 20000, 3)), 2.0)  # shape only
 
 
-def test_the_crop_is_fixed_per_image_and_differs_between_images(photo):
+def test_the_crop_is_fixed_per_image_and_differs_between_images(photo, tmp_path):
     p = Perturbation("crop", 0.5)
-    seed = image_seed("data/fake/1.png")
-    assert seed == image_seed("data/fake/1.png") and seed != image_seed("data/fake/2.png")
+    seed = image_seed(tmp_path / "fake" / "1.png", tmp_path)
+    assert seed == image_seed(tmp_path / "fake" / "1.png", tmp_path) != image_seed(tmp_path / "fake" / "2.png",
+                                                                                  tmp_path)
     assert np.array_equal(p.apply(photo, seed), p.apply(photo, seed))
-    positions = {cv2.minMaxLoc(cv2.matchTemplate(photo, p.apply(photo, image_seed(f"{i}.png")), cv2.TM_SQDIFF))[2]
-                 for i in range(8)}
+    positions = {cv2.minMaxLoc(cv2.matchTemplate(photo, p.apply(photo, image_seed(f"{i}.png", ".")),
+                                                 cv2.TM_SQDIFF))[2] for i in range(8)}
     assert len(positions) > 1
     # a file name that is not UTF-8 (a surrogate escape from os.listdir) still has a seed
-    assert isinstance(image_seed("caf\udce9.png"), int)
+    assert isinstance(image_seed("caf\udce9.png", "."), int)
+
+
+def test_the_seed_does_not_depend_on_how_the_data_root_is_spelled(tmp_path, monkeypatch):
+    (tmp_path / "data" / "fake").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    manifest = tmp_path / "data" / "list.csv"
+    manifest.write_text("path,label\nfake/1.png,1\n")
+    monkeypatch.chdir(tmp_path)
+    seeds = {image_seed(os.path.join(root, "fake", "1.png"), root)
+             for root in ("data", str(tmp_path / "data"), "link", "./data/")}
+    seeds.add(image_seed(tmp_path / "data" / "fake" / "1.png", manifest))  # a manifest: its folder is the root
+    assert len(seeds) == 1
+    assert image_seed("data/fake/1.png", "data") != image_seed("data/fake/1.png", "data/fake")
 
 
 def test_parse_perturbations():

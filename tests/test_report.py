@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import re
 import sys
@@ -369,3 +370,10 @@ def test_levels_go_from_mildest_to_harshest():
     assert order_levels("resize", ["0.5", "0.75", "0.25"]) == ["0.75", "0.5", "0.25"]
     assert order_levels("crop", ["0.8", "0.9"]) == ["0.9", "0.8"]
     assert order_levels("noise", ["b", "a", "b"]) == ["b", "a"]
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(tmp_path):
+    samples, report = single(tmp_path, {"=gen|B*": (2, 2)})
+    write_report(tmp_path / "report", [report], ["=HYPERLINK(1).dgs"], samples)
+    rows = list(csv.reader(io.StringIO((tmp_path / "report" / "per_generator.csv").read_text())))
+    assert rows[1][:2] == ["'=HYPERLINK(1).dgs", "'=gen|B*"]

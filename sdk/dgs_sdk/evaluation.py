@@ -52,7 +52,7 @@ class PackageEvalConfig:
     perturbations: tuple[Perturbation, ...] = ()
 
 
-def _score(detector: Detector, samples: Sequence[Sample], perturbation: Perturbation | None,
+def _score(detector: Detector, samples: Sequence[Sample], perturbation: Perturbation | None, data: str,
            progress: bool) -> tuple[np.ndarray, dict[str, str]]:
     """Probabilities of "fake" (NaN where an image could not be scored) and the errors by path."""
     probabilities = np.full(len(samples), np.nan)
@@ -60,7 +60,7 @@ def _score(detector: Detector, samples: Sequence[Sample], perturbation: Perturba
     perturb = None
     if perturbation is not None:
         def perturb(image: np.ndarray, index: int) -> np.ndarray:
-            return perturbation.apply(image, image_seed(samples[index].path))
+            return perturbation.apply(image, image_seed(samples[index].path, data))
 
     predictions = detector.predict_iter([s.path for s in samples], perturb=perturb)
     desc = "evaluating" if perturbation is None else f"evaluating, {perturbation.description}"
@@ -96,12 +96,12 @@ def evaluate_package(config: PackageEvalConfig, progress: bool = False) -> dict[
     samples = load_samples(config.data, config.split)
     detector = Detector(config.model, backend=config.backend, device=config.device, precision=config.precision,
                         batch_size=config.batch_size, threshold=config.threshold, workers=config.workers)
-    probabilities, errors = _score(detector, samples, None, progress)
+    probabilities, errors = _score(detector, samples, None, config.data, progress)
     require_scores(config.data, samples, probabilities)
     oracle, oracle_accuracy = oracle_threshold(samples, probabilities)
     robustness = []
     for perturbation in config.perturbations:
-        perturbed, perturbed_errors = _score(detector, samples, perturbation, progress)
+        perturbed, perturbed_errors = _score(detector, samples, perturbation, config.data, progress)
         robustness.append(robustness_entry(perturbation, samples, perturbed, detector.threshold,
                                            len(perturbed_errors)))
     backend = detector.backend

@@ -3,7 +3,7 @@
 One module serves both uses, so that what a detector is trained to withstand is what it is tested on:
 
 - robustness sweeps (`dgs eval --perturb jpeg:95,75,50`): each `Perturbation` is applied at a fixed level to the
-  decoded image, before the model's own preprocessing, deterministically per image (`image_seed`);
+  decoded image, before the model's own preprocessing, deterministically per image of the data (`image_seed`);
 - training augmentation (`dgs train --blur-prob 0.1 --jpeg-prob 0.1`): `Degradation` draws a blur and a JPEG
   re-compression at random, as the official DGS-Net code offers (off by default there and here).
 
@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -97,9 +99,13 @@ def crop(image: np.ndarray, fraction: float, rng: np.random.Generator) -> np.nda
     return image[top : top + ch, left : left + cw]
 
 
-def image_seed(key: str) -> int:
-    """A seed that depends on ``key`` (an image's path) alone: the same image is perturbed the same way by every
-    detector, run and machine."""
+def image_seed(path: str | os.PathLike, data: str | os.PathLike) -> int:
+    """The seed of an image of labelled data: it depends on the image's path relative to the data root (the
+    folder, or a CSV manifest's folder) alone, so that the same image is perturbed the same way by every detector,
+    run and machine, however the root is spelled (relative, absolute, through a link)."""
+    root = os.fspath(data)
+    root = root if os.path.isdir(root) else os.path.dirname(os.path.abspath(root))
+    key = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root))).as_posix()
     return int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()[:8], "little")
 
 

@@ -36,6 +36,7 @@ from .data import FAKE, Sample
 from .errors import EvaluationError
 from .figures import DetectorScores, RobustnessSeries, draw_report_figures, figure_text, require_matplotlib
 from .files import AtomicFile, open_regular
+from .results import neutralise
 
 __all__ = [
     "HEADING",
@@ -260,8 +261,11 @@ def _fraction(value: float | None) -> str:
 
 
 def _csv(rows: list[list[Any]]) -> bytes:
+    """CSV lines; text cells (detector and generator names come from file and folder names) that a spreadsheet
+    would run as a formula are neutralised as `dgs scan`'s are."""
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\r\n").writerows(rows)
+    csv.writer(buffer, lineterminator="\r\n").writerows(
+        [[neutralise(c) if isinstance(c, str) else c for c in row] for row in rows])
     return _text(buffer.getvalue())
 
 

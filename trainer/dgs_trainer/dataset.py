@@ -30,7 +30,8 @@ class ImageDataset(Dataset):
 
     Before preprocessing, a training image is degraded by ``degradation`` (random blur and JPEG, drawn from a
     generator of its own seeded by ``(seed, epoch, index, 1)``), and an evaluation image by ``perturbation``
-    (a robustness sweep: the same for every detector, see `dgs_sdk.perturb.image_seed`). An unreadable file gives
+    (a robustness sweep: the same for every detector, seeded by its path relative to ``data``, the data root; see
+    `dgs_sdk.perturb.image_seed`). An unreadable file gives
     an item without
     ``image`` (its ``index``, ``label`` and ``error``), which `collate_skipping_unreadable` drops and counts.
     """
@@ -45,6 +46,7 @@ class ImageDataset(Dataset):
         order_seed: int | None = None,
         degradation: Degradation | None = None,
         perturbation: Perturbation | None = None,
+        data: str | None = None,
     ) -> None:
         self.samples = list(samples)
         self.spec = spec
@@ -54,6 +56,7 @@ class ImageDataset(Dataset):
         self.order_seed = order_seed
         self.degradation = degradation if degradation is not None and degradation.active else None
         self.perturbation = perturbation
+        self.data = data
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -73,7 +76,7 @@ class ImageDataset(Dataset):
             if self.train and self.degradation is not None:
                 image = self.degradation.apply(image, np.random.default_rng((self.seed, self.epoch, index, 1)))
             if self.perturbation is not None:
-                image = self.perturbation.apply(image, image_seed(sample.path))
+                image = self.perturbation.apply(image, image_seed(sample.path, self.data or "."))
             crop = crop_image(image, self.spec, rng)  # [S, S, 3] uint8
         except DgsError as e:  # unreadable, or too small for the model input
             message = str(e) if sample.path in str(e) else f"{sample.path}: {e}"

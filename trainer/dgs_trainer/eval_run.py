@@ -96,7 +96,7 @@ def evaluate_run(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     for perturbation in config.perturbations:
         perturbed, perturbed_unreadable = predict_samples(
             loaded.model, samples, loaded.spec, config.batch_size, device, config.workers, progress=progress,
-            tta=config.tta, perturbation=perturbation,
+            tta=config.tta, perturbation=perturbation, data=config.data,
         )
         robustness.append(robustness_entry(perturbation, samples, perturbed, threshold, perturbed_unreadable))
     model_file = RunFolder(config.run).model_file

@@ -32,13 +32,15 @@ def predict_samples(
     progress: bool = False,
     tta: int = 1,
     perturbation: Perturbation | None = None,
+    data: str | None = None,
 ) -> tuple[np.ndarray, int]:
     """Probabilities of "fake" for every sample (NaN where a file could not be read) and the unreadable count.
 
     Runs in float32 on every device, so that scores, calibrated thresholds and the exported model agree. With
     ``tta`` K > 1 (``patch-select`` only) each image's logit is the mean over K mosaic orders, shuffled with seeds
     0..K-1: the official DGS-Net evaluation shuffles the mosaic of every test image, and this reproduces its
-    protocol in expectation. ``perturbation`` degrades each decoded image first (a robustness sweep).
+    protocol in expectation. ``perturbation`` degrades each decoded image first (a robustness sweep; ``data``,
+    the data root, seeds it).
     """
     if tta > 1 and spec.transform != "patch-select":
         raise TrainError(f"test-time mosaic orders need patch-select preprocessing; this model uses {spec.transform}")
@@ -48,7 +50,8 @@ def predict_samples(
     skipped = 0
     for order in range(tta):
         loader = DataLoader(
-            ImageDataset(samples, spec, train=False, order_seed=order if tta > 1 else None, perturbation=perturbation),
+            ImageDataset(samples, spec, train=False, order_seed=order if tta > 1 else None, perturbation=perturbation,
+                         data=data),
             batch_size=batch_size,
             num_workers=workers,
             collate_fn=collate_skipping_unreadable,
