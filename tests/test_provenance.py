@@ -209,7 +209,10 @@ def c2pa_files(tmp_path_factory, c2pa, certificates, crops) -> dict[str, Path]:
     folder.mkdir()
     generated = sign(c2pa, certificates, encode(crops[6], "JPEG"), "image/jpeg", "trainedAlgorithmicMedia")
     capture = sign(c2pa, certificates, encode(crops[7], "PNG"), "image/png", "digitalCapture")
+    # IPTC's algorithmicMedia: made by an algorithm without training data; reported, never a reason to override
+    procedural = sign(c2pa, certificates, encode(crops[5], "PNG"), "image/png", "algorithmicMedia")
     files = {
+        "procedural.png": procedural,
         "signed.jpg": generated,
         "tampered.jpg": flip(generated, len(generated) - 100),  # a byte of the pixels, after signing
         "garbled manifest.jpg": flip(generated, generated.index(b"jumb") + 40),
@@ -240,6 +243,10 @@ def test_c2pa_credentials_are_valid_trusted_or_invalid(c2pa_files, certificates)
     garbled = read_provenance(c2pa_files["garbled manifest.jpg"])
     assert garbled.c2pa.state in ("error", "invalid") and not garbled.c2pa.claims_generated
     assert garbled.detail.startswith("C2PA ")
+
+    procedural = read_provenance(c2pa_files["procedural.png"])
+    assert procedural.c2pa.state == "valid" and procedural.c2pa.source_type == "algorithmicMedia"
+    assert not procedural.c2pa.claims_generated
 
     capture = read_provenance(c2pa_files["capture.png"])
     assert capture.c2pa.state == "valid" and capture.c2pa.source_type == "digitalCapture"
@@ -423,6 +430,7 @@ def test_overrides_label_only_a_valid_generated_claim_and_say_so(tmp_path, c2pa,
     assert rows["signed.jpg"]["c2pa"] == "trusted"
     assert [name for name, row in rows.items() if row["label"] == "fake"] == ["signed.jpg"]
     assert rows["tampered.jpg"]["label_source"] == "model" and rows["capture.png"]["label_source"] == "model"
+    assert (rows["procedural.png"]["c2pa"], rows["procedural.png"]["label_source"]) == ("trusted", "model")
     assert "1 fake (1 of them by C2PA credentials)" in result.stderr
 
 

@@ -53,10 +53,10 @@ MAX_EXIF_BYTES = 1024**2
 # Notes kept per file (a file with thousands of broken chunks repeats itself).
 MAX_NOTES = 8
 
-# IPTC digital source types of generated media: by a model trained on data, a composite with such media, or
-# by an algorithm without training data.
-GENERATED_SOURCE_TYPES = frozenset({"trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia",
-                                    "algorithmicMedia"})
+# IPTC digital source types of media made by a generative model: wholly, or a composite with such media (an
+# edit by generative fill). Not "algorithmicMedia": IPTC defines it as made by an algorithm without training data
+# (procedural or fractal renders), which is not what a detector of generated images looks for.
+GENERATED_SOURCE_TYPES = frozenset({"trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia"})
 _SOURCE_TYPE_PREFIXES = ("http://cv.iptc.org/newscodes/digitalsourcetype/",
                          "https://cv.iptc.org/newscodes/digitalsourcetype/", "http://c2pa.org/digitalsourcetype/")
 
