@@ -249,5 +249,9 @@ def test_report_folder_from_the_command_line(tmp_path, clip_package, patch_packa
     refused = invoke("eval", clip_package, "--data", dataset, "--report", other)
     assert refused.exit_code == 2 and f"{other}: is a folder that holds other files" in refused.output
     assert "evaluating" not in refused.output and (other / "todo.txt").read_text() == "mine"
+    (tmp_path / "r").mkdir()
+    both = invoke("eval", clip_package, "--data", dataset, "--report", tmp_path / "r", "--json", tmp_path / "r/m.json")
+    assert both.exit_code == 2 and "it lies in the --report folder" in both.output
+    assert not any((tmp_path / "r").iterdir())
     inside = invoke("eval", clip_package, "--data", dataset, "--report", dataset / "report")
     assert inside.exit_code == 2 and "lies inside the data root" in inside.output

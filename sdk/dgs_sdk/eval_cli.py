@@ -179,6 +179,10 @@ def eval_command(targets: tuple[str, ...], others: tuple[str, ...], perturb: tup
         from .report import check_report_dir
 
         check_report_dir(report_dir, options["data"])
+        json_out = options["json_out"]
+        if json_out and Path(report_dir).resolve() in Path(json_out).resolve().parents:
+            raise EvaluationError(f"--json {json_out}: it lies in the --report folder {report_dir}, whose metrics.json "
+                                  "holds the same report; give one of the two, or a place outside the folder")
     from .comparison import compare_reports, detector_labels, format_comparison
 
     labels = detector_labels(targets)
