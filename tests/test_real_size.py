@@ -1,7 +1,7 @@
 """Exports at the size users deploy: ViT-B/16 models (random weights, 12 heads, so torch runs its fused attention
 kernel) as a plain detector, a LoRA-merged DGS-Net student and a MiraGe-prompted encoder, each exported, loaded
 through every check and scored by the SDK as torch scores them; and a graph refused once one of its real weights is
-moved to external data, by the SDK and by the native core's package reader."""
+moved to external data, by the SDK and by the native core's package reader; and an occlusion map of it."""
 
 from __future__ import annotations
 
@@ -176,3 +176,20 @@ def test_a_vit_b_int8_cpu_variant_is_what_auto_runs_on_cpu_and_tracks_float32(vi
     assert np.abs(logits - reference).max() < 0.6
     assert spearmanr(logits, reference).statistic > 0.8
     assert ModelPackage.load(path).manifest.files["model.int8-cpu.onnx"]["size"] < 0.3 * len(package.model_bytes)
+
+
+def test_dgs_explain_on_a_vit_b_package(vit_b_package, photos, tmp_path):
+    """The occlusion map of a ViT-B-16 package: 16 masked inputs batched through ONNX Runtime, the unmasked score
+    equal to the Detector's, and a map that varies over the image."""
+    pytest.importorskip("matplotlib")
+    from dgs_sdk.explain import explain_image, write_explanation
+    from dgs_sdk.occlusion import OcclusionSettings
+
+    detector = Detector(vit_b_package, device="cpu")
+    photo = photos["coffee"]
+    explanation = explain_image(detector, photo, OcclusionSettings(window=56, stride=56))
+    assert explanation.probability == pytest.approx(detector.predict(photo).probability, abs=1e-5)
+    drops = explanation.occlusion.drops
+    assert drops.shape == (4, 4) and np.isfinite(drops).all() and drops.std() > 0
+    written = write_explanation(explanation, tmp_path / "explain")
+    assert sorted(p.name for p in written) == ["explain.json", "occlusion.png"]
