@@ -377,3 +377,15 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(tmp_path):
     write_report(tmp_path / "report", [report], ["=HYPERLINK(1).dgs"], samples)
     rows = list(csv.reader(io.StringIO((tmp_path / "report" / "per_generator.csv").read_text())))
     assert rows[1][:2] == ["'=HYPERLINK(1).dgs", "'=gen|B*"]
+
+
+def test_a_curve_equal_to_an_earlier_one_is_drawn_on_it_thinner(tmp_path):
+    """A run and the package exported from it give the same curve: the first stays visible around the second."""
+    samples, report = single(tmp_path)
+    truth = np.array([s.label for s in samples])
+    probability = np.array(list(report["probabilities"].values()))
+    generator = np.array([s.generator for s in samples], dtype=object)
+    scores = [figures.DetectorScores(name, truth, probability, generator, 0.5) for name in ("run", "run.dgs")]
+    for figure in (figures.roc_figure(scores), figures.pr_figure(scores)):
+        widths = {line.get_label().split(":")[0]: line.get_linewidth() for line in figure.axes[0].get_lines()}
+        assert widths["run"] > widths["run.dgs"]

@@ -101,6 +101,12 @@ def _line_style(index: int) -> str:
     return ("-", "--", "-.", ":")[(index // 10) % 4]  # past ten detectors the colours repeat, the dashes differ
 
 
+def _line_width(index: int, count: int, base: float) -> float:
+    """Earlier detectors drawn wider, so that a curve equal to an earlier one (a run and the package exported from
+    it) lies on it as a thinner line instead of hiding it."""
+    return base + 1.2 * (min(count, 4) - 1 - min(index, 3)) if index < 4 else base
+
+
 def _tail(text: str, width: int) -> str:
     """``text`` cut to ``width`` characters from the left: labels differ by their last folders."""
     return text if len(text) <= width else "…" + text[-(width - 1):]
@@ -158,7 +164,8 @@ def _roc_panel(ax: Any, scores: Sequence[DetectorScores], generator: str | None,
         fpr, tpr, _ = roc_curve(truth, probability)
         auc = roc_auc_score(truth, probability)
         name = _tail(s.label, 18 if small else 40)
-        ax.plot(fpr, tpr, color=color, linestyle=_line_style(i), linewidth=1.4 if small else 1.8,
+        ax.plot(fpr, tpr, color=color, linestyle=_line_style(i),
+                linewidth=_line_width(i, len(scores), 1.4 if small else 1.8),
                 label=f"{name}: AUC {100 * auc:.1f}%")
         called = probability >= s.threshold
         ax.plot(called[truth == REAL].mean(), called[truth == FAKE].mean(), marker="o", markersize=5 if small else 7,
@@ -189,7 +196,8 @@ def _pr_panel(ax: Any, scores: Sequence[DetectorScores], generator: str | None, 
         precision, recall, _ = precision_recall_curve(truth, probability)
         ap = average_precision_score(truth, probability)
         name = _tail(s.label, 18 if small else 40)
-        ax.plot(recall, precision, color=color, linestyle=_line_style(i), linewidth=1.4 if small else 1.8,
+        ax.plot(recall, precision, color=color, linestyle=_line_style(i),
+                linewidth=_line_width(i, len(scores), 1.4 if small else 1.8),
                 drawstyle="steps-post", label=f"{name}: AP {100 * ap:.1f}%")
         called = probability >= s.threshold
         if called.any():  # precision is undefined when nothing is called fake
@@ -347,7 +355,9 @@ def robustness_figure(levels: Sequence[str], values: Mapping[str, Mapping[str, S
             y = np.array([np.nan if v is None else 100 * v for v in series[key]], dtype=float)
             if np.isnan(y).all():
                 continue
-            ax.plot(x, y, color=color, linestyle=_line_style(i), marker="o", linewidth=1.8, label=_tail(label, 36))
+            ax.plot(x, y, color=color, linestyle=_line_style(i), marker="o", linewidth=_line_width(i, len(values), 1.8),
+                    markersize=6 + 2 * (len(values) - 1 - i) if i < 4 and len(values) <= 4 else 6,
+                    label=_tail(label, 36))
             drawn = True
         if not drawn:
             ax.text(0.5, 0.5, "one class only: no AUC" if key == "auc" else "no value", ha="center", va="center",
