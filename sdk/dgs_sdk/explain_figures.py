@@ -15,6 +15,7 @@ from typing import IO, TYPE_CHECKING
 import cv2
 import numpy as np
 
+from . import figures
 from .explain import ExplainError, Explanation
 from .figures import figure_text
 
@@ -37,10 +38,7 @@ SMALL_PATCH_FRACTION = 80
 
 def require_matplotlib() -> None:
     """Raise `ExplainError` naming the extra to install when matplotlib cannot be imported."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as e:
-        raise ExplainError(f'the figures of dgs explain need matplotlib: pip install "dgs[report]" ({e})') from None
+    figures.require_matplotlib("the figures of dgs explain", ExplainError)
 
 
 def _new_figure(width: float, height: float) -> Figure:

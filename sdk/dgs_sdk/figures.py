@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .data import FAKE, REAL
-from .errors import EvaluationError
+from .errors import DgsError, EvaluationError
 from .files import AtomicFile
 
 __all__ = [
@@ -77,17 +77,17 @@ class DetectorScores:
         return self.truth[keep], self.probability[keep]
 
 
-def require_matplotlib() -> Any:
+def require_matplotlib(purpose: str = "the report's figures", error: type[DgsError] = EvaluationError) -> Any:
     """Import matplotlib's `Figure` class, or say which extra installs it.
 
     Raises:
-        EvaluationError: matplotlib is not installed.
+        ``error`` (`EvaluationError` by default): matplotlib is not installed; the message says what needed it.
     """
     try:
         importlib.import_module("matplotlib")  # first, so that a blocked parent is not bypassed by a cached submodule
         return importlib.import_module("matplotlib.figure").Figure
     except ImportError as e:
-        raise EvaluationError(f'the report\'s figures need matplotlib: pip install "dgs[report]" ({e})') from None
+        raise error(f'{purpose} need matplotlib: pip install "dgs[report]" ({e})') from None
 
 
 def _colors(count: int) -> list[Any]:

@@ -13,16 +13,18 @@ removed by the next writer of the same destination.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import secrets
 import stat
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from .errors import DgsError
 
-__all__ = ["ConfinedPath", "inside", "opened_path", "open_regular", "read_regular", "AtomicFile"]
+__all__ = ["ConfinedPath", "inside", "opened_path", "open_regular", "read_regular", "file_sha256", "AtomicFile"]
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 
@@ -104,6 +106,21 @@ def read_regular(
             return f.read(size) if size else b""
         except OSError as e:  # includes EAGAIN from a pseudo-file opened non-blocking
             raise error(f"{os.fspath(path)}: cannot be read ({e.strerror or e})") from None
+
+
+def file_sha256(path: str | os.PathLike, error: type[DgsError]) -> str:
+    """The sha256 of a regular file's bytes, streamed a megabyte at a time (at most its size when opened; see
+    `open_regular`, whose errors it raises, as it raises a failed read)."""
+    f, size = open_regular(path, sys.maxsize, error)
+    digest = hashlib.sha256()
+    with f:
+        try:
+            while size > 0 and (chunk := f.read(min(1 << 20, size))):
+                digest.update(chunk)
+                size -= len(chunk)
+        except OSError as e:
+            raise error(f"{os.fspath(path)}: cannot be read ({e.strerror or e})") from None
+    return digest.hexdigest()
 
 
 def _process_is_alive(pid: int) -> bool:

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import re
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from .comparison import compare_reports, describe_detector
 from .data import FAKE, Sample
 from .errors import EvaluationError
 from .figures import DetectorScores, RobustnessSeries, draw_report_figures, figure_text, require_matplotlib
-from .files import AtomicFile, open_regular
+from .files import AtomicFile, file_sha256
 from .results import neutralise
 
 __all__ = [
@@ -70,7 +69,6 @@ LEVEL_NAMES = {"jpeg": "JPEG quality", "blur": "blur σ (pixels)", "resize": "sc
 
 _REPORT_ENTRIES = frozenset({METRICS_FILE, TABLE_FILE, ROBUSTNESS_FILE, MARKDOWN_FILE, FIGURES_DIR})
 _LEFT_BY_ATOMIC_WRITE = re.compile(r"\.\d+-[0-9a-f]+\.tmp$")  # `AtomicFile`'s temporary name, its writer killed
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -91,18 +89,9 @@ class DataFingerprint:
 def _file_sha256(path: str) -> tuple[str | None, str | None]:
     """The sha256 of a regular file's bytes, or None and why it could not be read."""
     try:
-        f, size = open_regular(path, sys.maxsize, EvaluationError)  # no size cap: the bytes are streamed, not held
+        return file_sha256(path, EvaluationError), None
     except EvaluationError as e:
         return None, str(e)
-    digest = hashlib.sha256()
-    try:
-        with f:
-            while size > 0 and (chunk := f.read(min(_HASH_CHUNK, size))):
-                digest.update(chunk)
-                size -= len(chunk)
-    except OSError as e:
-        return None, f"{path}: cannot be read ({e.strerror or e})"
-    return digest.hexdigest(), None
 
 
 def _relative(path: str, root: Path) -> str:

@@ -346,10 +346,10 @@ def scan(config: ScanConfig, detector: Detector | None = None, stream: IO[str] |
     try:
         quiet = None if config.progress is None else not config.progress  # tqdm: None = only on a terminal
         with tqdm(total=len(targets), unit="img", file=sys.stderr, disable=quiet) as bar:
-            for prediction, found in zip(_predictions(detector, targets), evidence, strict=True):
+            for prediction, file_evidence in zip(_predictions(detector, targets), evidence, strict=True):
                 row = prediction.to_dict()
                 if provenance:
-                    _add_provenance(row, found, config.provenance_overrides)
+                    _add_provenance(row, file_evidence, config.provenance_overrides)
                 summary.count(row)
                 pending.append(row)
                 if len(pending) >= detector.batch_size:

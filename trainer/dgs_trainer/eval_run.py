@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dgs_sdk.data import load_samples
+from dgs_sdk.files import file_sha256
 from dgs_sdk.metrics import (
     metrics_by_generator,
     oracle_threshold,
@@ -17,7 +17,7 @@ from dgs_sdk.metrics import (
 )
 from dgs_sdk.perturb import Perturbation
 
-from .errors import ConfigError, TrainError
+from .errors import ConfigError, RunFolderError, TrainError
 from .evaluate import predict_samples
 from .run_folder import CALIBRATION_FILE, RunFolder
 from .train import resolve_device
@@ -102,7 +102,7 @@ def evaluate_run(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     model_file = RunFolder(config.run).model_file
     report = {
         "run": str(config.run),
-        "checkpoint": {"path": str(model_file), "sha256": _sha256(model_file)},
+        "checkpoint": {"path": str(model_file), "sha256": file_sha256(model_file, RunFolderError)},
         "data": str(config.data),
         "split": config.split,
         "threshold": threshold,
@@ -117,11 +117,3 @@ def evaluate_run(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     if config.perturbations:
         report["robustness"] = robustness
     return report
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
